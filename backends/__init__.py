@@ -1,0 +1,49 @@
+"""Dump formats, detected by content in this order.
+
+Each backend module has `NAME`, `detect(source) -> bool` (cheap: magic bytes)
+and `open(source) -> Dump`.  Backends know about bytes and the model, never
+about FUSE or views.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dumpfs.model import Dump, DumpError
+from dumpfs.source import FileSource, Source
+
+# Detection order: most specific magic first.
+BACKENDS = [
+
+
+    "elf",         # ELF64 core (/proc/vmcore style)
+]
+
+
+def backend_modules():
+    for name in BACKENDS:
+        yield importlib.import_module(f"dumpfs.backends.{name}")
+
+
+def open_source(source: Source) -> Dump:
+    """Detect the format of `source` and open it; DumpError names what is wrong."""
+    if source.size == 0:
+        raise DumpError(f"{source.name}: empty file, not a dump")
+    for module in backend_modules():
+        if module.detect(source):
+            dump = module.open(source)
+            dump.sources.append(source.name)
+            dump.resources.append(source)
+            return dump
+    head = source.read(0, 16)
+    raise DumpError(f"{source.name}: unknown dump format (first bytes {head[:8].hex(' ')}); "
+                    f"known formats: {', '.join(BACKENDS)}")
+
+
+def open_dump(path: str) -> Dump:
+    source = FileSource(path)
+    try:
+        return open_source(source)
+    except BaseException:
+        source.close()
+        raise

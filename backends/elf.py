@@ -1,0 +1,180 @@
+"""ELF64 cores: /proc/vmcore, QEMU dump-guest-memory, makedumpfile -E, zgetdump -f elf.
+
+Honours e_phoff (QEMU 7.2 writes the section headers first) and PN_XNUM
+(QEMU paging=true dumps have more than 65535 program headers).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from construct import Bytes, Const, Int8ub, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub, Int64ul, Struct
+
+from dumpfs import arch as arches
+from dumpfs.elfnote import parse_notes, sort_notes
+from dumpfs.model import Dump, DumpError, DumpMeta, Memory, MemoryChunk, PageState
+from dumpfs.source import Source
+
+NAME = "elf"
+
+PT_LOAD = 1
+PT_NOTE = 4
+ET_CORE = 4
+PN_XNUM = 0xFFFF
+MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
+
+Ident = Struct(
+    "magic" / Const(b"\x7fELF"),
+    "ei_class" / Int8ub,            # 1 = 32-bit, 2 = 64-bit
+    "ei_data" / Int8ub,             # 1 = little-endian, 2 = big-endian
+    "ei_version" / Int8ub,          # 1
+    "padding" / Bytes(9),
+)
+
+
+def elf64_header(i16, i32, i64):
+    return Struct(
+        "e_ident" / Bytes(16),
+        "e_type" / i16,         # 4 = ET_CORE
+        "e_machine" / i16,      # 62 = x86_64, 22 = s390
+        "e_version" / i32,      # 1
+        "e_entry" / i64,        # 0 in a core
+        "e_phoff" / i64,        # file offset of the program header table
+        "e_shoff" / i64,        # file offset of the section header table
+        "e_flags" / i32,
+        "e_ehsize" / i16,       # header size (QEMU 7.2 writes 8)
+        "e_phentsize" / i16,    # 56
+        "e_phnum" / i16,        # program header count, or PN_XNUM
+        "e_shentsize" / i16,    # 64
+        "e_shnum" / i16,
+        "e_shstrndx" / i16,
+    )
+
+
+Elf64HeaderLE = elf64_header(Int16ul, Int32ul, Int64ul)
+Elf64HeaderBE = elf64_header(Int16ub, Int32ub, Int64ub)
+# Elf64_Phdr and Elf64_Shdr are read in bulk with struct (hot for PN_XNUM dumps)
+PHDR_FORMAT = "IIQQQQQQ"    # p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
+SHDR_INFO_OFFSET = 44       # sh_info within Elf64_Shdr
+
+
+def detect(source: Source) -> bool:
+    head = source.read(0, 6)
+    return head[:4] == b"\x7fELF" and len(head) == 6
+
+
+def open(source: Source) -> Dump:
+    head = source.read_exact(0, 64, "ELF header")
+    ident = Ident.parse(head)
+    if ident.ei_class != 2:
+        raise DumpError(f"{source.name}: 32-bit ELF; only ELF64 kernel dumps are supported")
+    if ident.ei_data not in (1, 2):
+        raise DumpError(f"{source.name}: ELF header has invalid byte order {ident.ei_data}")
+    little = ident.ei_data == 1
+    order = "<" if little else ">"
+    ehdr = (Elf64HeaderLE if little else Elf64HeaderBE).parse(head)
+    if ehdr.e_type != ET_CORE:
+        raise DumpError(f"{source.name}: ELF file of type {ehdr.e_type}, not a core dump (ET_CORE)")
+    arch = arches.by_elf_machine(ehdr.e_machine)
+    if arch is None:
+        raise DumpError(f"{source.name}: ELF machine {ehdr.e_machine} is not supported "
+                        f"(x86_64 and s390x are)")
+    if arch.byteorder != ("little" if little else "big"):
+        raise DumpError(f"{source.name}: {arch.name} core in the wrong byte order")
+    if ehdr.e_phentsize != 56:
+        raise DumpError(f"{source.name}: e_phentsize {ehdr.e_phentsize}, expected 56")
+
+    phnum = ehdr.e_phnum
+    if phnum == PN_XNUM:
+        if ehdr.e_shoff == 0:
+            raise DumpError(f"{source.name}: e_phnum is PN_XNUM but there is no section header 0")
+        section0 = source.read_exact(ehdr.e_shoff, 64, "section header 0")
+        phnum = struct.unpack_from(order + "I", section0, SHDR_INFO_OFFSET)[0]
+    table_size = 56 * phnum
+    if ehdr.e_phoff + table_size > source.size:
+        raise DumpError(f"{source.name}: truncated: {phnum} program headers at {ehdr.e_phoff:#x} "
+                        f"end past the file size {source.size:#x}")
+    table = source.read_exact(ehdr.e_phoff, table_size, "program headers")
+
+    chunks: list[MemoryChunk] = []
+    note_data = b""
+    problems: list[str] = []
+    for p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align in \
+            struct.iter_unpack(order + PHDR_FORMAT, table):
+        if p_type == PT_NOTE:
+            if p_filesz > MAX_NOTE_SEGMENT:
+                raise DumpError(f"{source.name}: PT_NOTE of {p_filesz} bytes is absurd")
+            note_data += source.read(p_offset, p_filesz)
+            if p_offset + p_filesz > source.size:
+                problems.append("PT_NOTE extends past the end of the file")
+        elif p_type == PT_LOAD and p_memsz:
+            if p_filesz > p_memsz:
+                raise DumpError(f"{source.name}: PT_LOAD at {p_paddr:#x} has p_filesz > p_memsz")
+            if p_paddr + p_memsz > 1 << 64:
+                raise DumpError(f"{source.name}: PT_LOAD at {p_paddr:#x} wraps past 2^64")
+            present = p_filesz
+            if p_offset + p_filesz > source.size:
+                present = max(0, min(p_filesz, source.size - p_offset))
+                problems.append(f"PT_LOAD {p_paddr:#x}-{p_paddr + p_memsz:#x}: file ends after "
+                                f"{present:#x} of {p_filesz:#x} bytes")
+            if present:
+                chunks.append(MemoryChunk(p_paddr, present, PageState.PRESENT,
+                                          _file_reader(source, p_offset)))
+            if present < p_filesz:
+                # the bytes the file should hold but lost: unknown, not zero
+                chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.EXCLUDED))
+            if p_filesz < p_memsz:
+                chunks.append(MemoryChunk(p_paddr + p_filesz, p_memsz - p_filesz, PageState.ZERO))
+
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, parse_notes(note_data, arch.byteorder))
+    memory = Memory(_merge_aliases(chunks, source.name))
+    meta = DumpMeta(format="elf", writer=_guess_writer(ehdr, dump_notes, cpus),
+                    complete=not problems, problems=problems,
+                    details={"e_phoff": ehdr.e_phoff, "program headers": phnum})
+    if vmcoreinfo is not None:
+        meta.kernel_release = vmcoreinfo.get("OSRELEASE")
+    page_size = vmcoreinfo.number("PAGESIZE") if vmcoreinfo else None
+    return Dump(arch=arch, page_size=page_size or arch.page_size, memory=memory, cpus=cpus,
+                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
+
+
+def _file_reader(source: Source, file_offset: int):
+    def read(offset: int, length: int) -> bytes:
+        return source.read(file_offset + offset, length)
+    return read
+
+
+def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
+    """Keep the first PT_LOAD that covers each address.
+
+    QEMU paging=true dumps describe virtual ranges, so one physical page can
+    appear in several PT_LOADs; the model wants each physical byte once.
+    """
+    chunks.sort(key=lambda c: (c.start, -c.size))
+    result: list[MemoryChunk] = []
+    for chunk in chunks:
+        if result and chunk.start < result[-1].end:
+            covered = result[-1].end - chunk.start
+            if covered >= chunk.size:
+                continue
+            chunk = _tail(chunk, covered)
+        result.append(chunk)
+    return result
+
+
+def _tail(chunk: MemoryChunk, skip: int) -> MemoryChunk:
+    read = None
+    if chunk.read is not None:
+        inner = chunk.read
+        def read(offset: int, length: int) -> bytes:
+            return inner(skip + offset, length)
+    return MemoryChunk(chunk.start + skip, chunk.size - skip, chunk.state, read)
+
+
+def _guess_writer(ehdr, dump_notes, cpus) -> str:
+    if any(n.name == "QEMU" for cpu in cpus.values() for n in cpu.notes):
+        return "qemu"
+    if ehdr.e_ehsize == 8 or ehdr.e_phoff != 64:
+        return "qemu"
+    return "kernel or makedumpfile"
+

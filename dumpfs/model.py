@@ -1,0 +1,234 @@
+"""The one model every backend produces and every view consumes.
+
+A `Dump` is architecture, physical memory (sorted `MemoryChunk`s that read
+themselves), CPUs with decoded registers and raw notes, VMCOREINFO and
+metadata.  Nothing here knows which file format the dump came from.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Iterable, Iterator
+
+from dumpfs.arch import Arch
+
+
+class DumpError(Exception):
+    """A dump cannot be opened or is not what it claims; the message names the problem."""
+
+
+class MemoryUnavailable(Exception):
+    """A physical range cannot be read: a hole, an excluded page, or corrupt data."""
+
+    def __init__(self, address: int, reason: str):
+        super().__init__(f"physical address {address:#x}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class PageState(enum.Enum):
+    PRESENT = "present"     # data is in the dump
+    EXCLUDED = "excluded"   # existed in the machine, filtered out by the dump writer
+    ZERO = "zero"           # known to be all zeros, no data stored
+
+
+ChunkReader = Callable[[int, int], bytes]
+"""read(offset_in_chunk, length) -> exactly `length` bytes, or raises MemoryUnavailable."""
+
+
+@dataclass(frozen=True)
+class MemoryChunk:
+    """A contiguous physical range in one state; PRESENT chunks carry their reader."""
+
+    start: int
+    size: int
+    state: PageState
+    read: ChunkReader | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+class PageCache:
+    """A bounded LRU of decoded pages, shared by every backend that decodes pages."""
+
+    def __init__(self, capacity: int = 2048):
+        self.capacity = capacity
+        self._pages: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key) -> bytes | None:
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+            return page
+
+    def put(self, key, page: bytes) -> None:
+        with self._lock:
+            self._pages[key] = page
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.capacity:
+                self._pages.popitem(last=False)
+
+
+class Memory:
+    """Physical memory: sorted, non-overlapping chunks; gaps between them are holes.
+
+    The chunk list may be computed on first use (`Memory(factory)`), so that
+    opening a dump never walks its whole page table or bitmap.
+    """
+
+    def __init__(self, chunks: Iterable[MemoryChunk] | Callable[[], Iterable[MemoryChunk]]):
+        self._factory = chunks if callable(chunks) else None
+        self._chunks: list[MemoryChunk] | None = None if callable(chunks) else list(chunks)
+        self._starts: list[int] | None = None
+        self._lock = threading.Lock()
+        if self._chunks is not None:
+            self._index()
+
+    def _index(self) -> None:
+        chunks = sorted(self._chunks, key=lambda c: c.start)
+        for before, after in zip(chunks, chunks[1:]):
+            if after.start < before.end:
+                raise DumpError(
+                    f"memory ranges overlap: {before.start:#x}-{before.end:#x} and "
+                    f"{after.start:#x}-{after.end:#x}")
+        self._chunks = [c for c in chunks if c.size > 0]
+        self._starts = [c.start for c in self._chunks]
+
+    @property
+    def chunks(self) -> list[MemoryChunk]:
+        if self._chunks is None:
+            with self._lock:
+                if self._chunks is None:
+                    self._chunks = list(self._factory())
+                    self._index()
+        return self._chunks
+
+    def __iter__(self) -> Iterator[MemoryChunk]:
+        return iter(self.chunks)
+
+    @property
+    def end(self) -> int:
+        """One past the highest address any chunk covers."""
+        return self.chunks[-1].end if self.chunks else 0
+
+    def size_in(self, *states: PageState) -> int:
+        return sum(c.size for c in self.chunks if c.state in states)
+
+    def chunk_at(self, address: int) -> MemoryChunk | None:
+        chunks = self.chunks
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and address < chunks[i].end:
+            return chunks[i]
+        return None
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""
+        parts = []
+        end = address + size
+        while address < end:
+            chunk = self.chunk_at(address)
+            if chunk is None:
+                raise MemoryUnavailable(address, "not in the dump")
+            length = min(end, chunk.end) - address
+            if chunk.state is PageState.PRESENT:
+                parts.append(chunk.read(address - chunk.start, length))
+            elif chunk.state is PageState.ZERO:
+                parts.append(bytes(length))
+            else:
+                raise MemoryUnavailable(address, "excluded by the dump writer")
+            address += length
+        return b"".join(parts)
+
+
+@dataclass
+class Note:
+    """One ELF note as stored: owner name, type and payload in the dump's byte order."""
+
+    name: str
+    type: int
+    desc: bytes
+
+
+@dataclass
+class Cpu:
+    number: int
+    registers: dict[str, int]   # ordered as the architecture lists them
+    notes: list[Note] = field(default_factory=list)
+
+
+@dataclass
+class VmcoreInfo:
+    """The kernel's VMCOREINFO text and its KEY=VALUE lines."""
+
+    raw: bytes
+
+    @property
+    def text(self) -> str:
+        return self.raw.decode("ascii", "replace").rstrip("\0")
+
+    @property
+    def entries(self) -> dict[str, str]:
+        result = {}
+        for line in self.text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                result[key] = value
+        return result
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def number(self, key: str, base: int = 10) -> int | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        try:
+            return int(value, base)
+        except ValueError:
+            return None
+
+    def symbol(self, name: str) -> int | None:
+        return self.number(f"SYMBOL({name})", 16)
+
+
+@dataclass
+class DumpMeta:
+    format: str                         # e.g. "elf", "kdump", "kdump-flattened"
+    writer: str | None = None           # e.g. "qemu", "makedumpfile", "kernel"
+    dump_time: datetime | None = None
+    kernel_release: str | None = None
+    complete: bool = True
+    dump_level: int | None = None
+    compression: str | None = None
+    details: dict[str, object] = field(default_factory=dict)   # format-specific facts for `info`
+    problems: list[str] = field(default_factory=list)          # what is damaged or missing
+
+
+@dataclass
+class Dump:
+    arch: Arch
+    page_size: int
+    memory: Memory
+    cpus: dict[int, Cpu]
+    meta: DumpMeta
+    vmcoreinfo: VmcoreInfo | None = None
+    notes: list[Note] = field(default_factory=list)   # notes that belong to no CPU (PRPSINFO, ...)
+    sources: list[str] = field(default_factory=list)
+    resources: list = field(default_factory=list, repr=False)   # closed with the dump
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        return self.memory.read_physical(address, size)
+
+    def close(self) -> None:
+        for resource in self.resources:
+            resource.close()
+        self.resources.clear()

@@ -1,0 +1,96 @@
+"""The file tree a mount shows: directories and files that compute their bytes on read.
+
+Nodes know nothing about dumps or FUSE.  Directory contents may be built on
+first listing (`Dir(children=callable)`), so a mount costs nothing until
+someone looks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Callable, Iterable
+
+
+class Node:
+    _inodes = itertools.count(2)    # 1 is the FUSE root
+    _lock = threading.Lock()
+
+    def __init__(self, name: str):
+        self.name = name
+        with Node._lock:
+            self.inode = next(Node._inodes)
+
+
+class File(Node):
+    """A read-only file: `size` and `read(offset, length)` (may raise OSError, e.g. EIO).
+
+    `size` may be a callable, evaluated on first use (e.g. a vmcore whose
+    layout needs the memory map).
+    """
+
+    def __init__(self, name: str, size: int | Callable[[], int],
+                 read: Callable[[int, int], bytes], mtime: float | None = None):
+        super().__init__(name)
+        self._size = size
+        self._read = read
+        self.mtime = mtime
+
+    @property
+    def size(self) -> int:
+        if callable(self._size):
+            self._size = self._size()
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        size = self.size
+        if offset >= size or length <= 0:
+            return b""
+        return self._read(offset, min(length, size - offset))
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes | Callable[[], bytes], mtime: float | None = None) -> "File":
+        """A small file whose whole content is computed at most once."""
+        cell: list[bytes] = []
+
+        def content() -> bytes:
+            if not cell:
+                cell.append(data() if callable(data) else data)
+            return cell[0]
+
+        return cls(name, lambda: len(content()),
+                   lambda offset, length: content()[offset:offset + length], mtime)
+
+
+class Dir(Node):
+    def __init__(self, name: str, children: Iterable[Node] | Callable[[], Iterable[Node]] = (),
+                 mtime: float | None = None):
+        super().__init__(name)
+        self._factory = children if callable(children) else None
+        self._children: dict[str, Node] | None = None if callable(children) else {
+            c.name: c for c in children}
+        self._lock = threading.Lock()
+        self.mtime = mtime
+
+    @property
+    def children(self) -> dict[str, Node]:
+        if self._children is None:
+            with self._lock:
+                if self._children is None:
+                    self._children = {c.name: c for c in self._factory()}
+        return self._children
+
+    def add(self, node: Node) -> Node:
+        self.children[node.name] = node
+        return node
+
+    def lookup(self, name: str) -> Node | None:
+        return self.children.get(name)
+
+    def walk(self, path: str) -> Node | None:
+        node: Node | None = self
+        for part in filter(None, path.split("/")):
+            if not isinstance(node, Dir):
+                return None
+            node = node.lookup(part)
+        return node

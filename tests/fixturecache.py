@@ -1,0 +1,83 @@
+"""The shared fixtures, decompressed once into a cache outside the repository.
+
+The cache lives in $DUMPFS_FIXTURE_CACHE, else $XDG_CACHE_HOME/dumpfs/fixtures,
+else ~/.cache/dumpfs/fixtures; a file is unpacked to a temporary name and
+renamed, so an interrupted run never leaves a half file behind, and it is
+checked against truth.json's raw_size (and raw_sha256 when first unpacked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("DUMPFS_SHARED", HERE.parent.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+ORACLE = SHARED / "oracle" / "zgetdump"
+
+
+def cache_dir() -> Path:
+    if "DUMPFS_FIXTURE_CACHE" in os.environ:
+        return Path(os.environ["DUMPFS_FIXTURE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "dumpfs" / "fixtures"
+
+
+@lru_cache(maxsize=None)
+def truth(folder: str) -> dict:
+    return json.loads((FIXTURES / folder / "truth.json").read_text())
+
+
+def folders() -> list[str]:
+    return sorted(p.parent.name for p in FIXTURES.glob("*/truth.json"))
+
+
+def dumps(folder: str) -> list[dict]:
+    """truth.json's dump records whose file really is in the folder."""
+    return [d for d in truth(folder).get("dumps", []) if (FIXTURES / folder / d["file"]).exists()]
+
+
+def all_dumps() -> list[tuple[str, dict]]:
+    return [(folder, d) for folder in folders() for d in dumps(folder)]
+
+
+def unpacked(folder: str, name: str) -> Path:
+    """The decompressed file for fixtures/<folder>/<name> (name may end in .xz)."""
+    src = FIXTURES / folder / name
+    if not name.endswith(".xz"):
+        return src
+    target = cache_dir() / folder / name[:-3]
+    record = next((d for d in truth(folder).get("dumps", []) if d["file"] == name), {})
+    size = record.get("raw_size")
+    if target.exists() and (size is None or target.stat().st_size == size):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as out:
+        subprocess.run(["xz", "-T0", "-dc", str(src)], stdout=out, check=True)
+    if size is not None and tmp.stat().st_size != size:
+        tmp.unlink()
+        raise RuntimeError(f"{src}: unpacked to {tmp.stat().st_size} bytes, truth says {size}")
+    if record.get("raw_sha256"):
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+        if digest.hexdigest() != record["raw_sha256"]:
+            tmp.unlink()
+            raise RuntimeError(f"{src}: sha256 of the unpacked file differs from truth.json")
+    os.replace(tmp, target)
+    return target
+
+
+if __name__ == "__main__":
+    # Unpack everything (CI calls this once, before the tests, to warm the cache).
+    for folder, record in all_dumps():
+        print(unpacked(folder, record["file"]))
+    for path in FIXTURES.glob("*/vmlinux-*.xz"):
+        print(unpacked(path.parent.name, path.name))
