@@ -8,54 +8,16 @@ from __future__ import annotations
 
 import struct
 
-from construct import Bytes, Const, Int8ub, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub, Int64ul, Struct
-
 from dumpfs import arch as arches
+from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NOTE,
+                        SHDR_INFO_OFFSET, Elf64Header, Ident)
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.model import Dump, DumpError, DumpMeta, Memory, MemoryChunk, PageState
 from dumpfs.source import Source
 
 NAME = "elf"
 
-PT_LOAD = 1
-PT_NOTE = 4
-ET_CORE = 4
-PN_XNUM = 0xFFFF
 MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
-
-Ident = Struct(
-    "magic" / Const(b"\x7fELF"),
-    "ei_class" / Int8ub,            # 1 = 32-bit, 2 = 64-bit
-    "ei_data" / Int8ub,             # 1 = little-endian, 2 = big-endian
-    "ei_version" / Int8ub,          # 1
-    "padding" / Bytes(9),
-)
-
-
-def elf64_header(i16, i32, i64):
-    return Struct(
-        "e_ident" / Bytes(16),
-        "e_type" / i16,         # 4 = ET_CORE
-        "e_machine" / i16,      # 62 = x86_64, 22 = s390
-        "e_version" / i32,      # 1
-        "e_entry" / i64,        # 0 in a core
-        "e_phoff" / i64,        # file offset of the program header table
-        "e_shoff" / i64,        # file offset of the section header table
-        "e_flags" / i32,
-        "e_ehsize" / i16,       # header size (QEMU 7.2 writes 8)
-        "e_phentsize" / i16,    # 56
-        "e_phnum" / i16,        # program header count, or PN_XNUM
-        "e_shentsize" / i16,    # 64
-        "e_shnum" / i16,
-        "e_shstrndx" / i16,
-    )
-
-
-Elf64HeaderLE = elf64_header(Int16ul, Int32ul, Int64ul)
-Elf64HeaderBE = elf64_header(Int16ub, Int32ub, Int64ub)
-# Elf64_Phdr and Elf64_Shdr are read in bulk with struct (hot for PN_XNUM dumps)
-PHDR_FORMAT = "IIQQQQQQ"    # p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
-SHDR_INFO_OFFSET = 44       # sh_info within Elf64_Shdr
 
 
 def detect(source: Source) -> bool:
@@ -72,7 +34,7 @@ def open(source: Source) -> Dump:
         raise DumpError(f"{source.name}: ELF header has invalid byte order {ident.ei_data}")
     little = ident.ei_data == 1
     order = "<" if little else ">"
-    ehdr = (Elf64HeaderLE if little else Elf64HeaderBE).parse(head)
+    ehdr = Elf64Header["little" if little else "big"].parse(head)
     if ehdr.e_type != ET_CORE:
         raise DumpError(f"{source.name}: ELF file of type {ehdr.e_type}, not a core dump (ET_CORE)")
     arch = arches.by_elf_machine(ehdr.e_machine)
@@ -81,7 +43,7 @@ def open(source: Source) -> Dump:
                         f"(x86_64 and s390x are)")
     if arch.byteorder != ("little" if little else "big"):
         raise DumpError(f"{source.name}: {arch.name} core in the wrong byte order")
-    if ehdr.e_phentsize != 56:
+    if ehdr.e_phentsize != PHDR_SIZE:
         raise DumpError(f"{source.name}: e_phentsize {ehdr.e_phentsize}, expected 56")
 
     phnum = ehdr.e_phnum
@@ -90,7 +52,7 @@ def open(source: Source) -> Dump:
             raise DumpError(f"{source.name}: e_phnum is PN_XNUM but there is no section header 0")
         section0 = source.read_exact(ehdr.e_shoff, 64, "section header 0")
         phnum = struct.unpack_from(order + "I", section0, SHDR_INFO_OFFSET)[0]
-    table_size = 56 * phnum
+    table_size = PHDR_SIZE * phnum
     if ehdr.e_phoff + table_size > source.size:
         raise DumpError(f"{source.name}: truncated: {phnum} program headers at {ehdr.e_phoff:#x} "
                         f"end past the file size {source.size:#x}")

@@ -1,0 +1,1 @@
+"""Kernel introspection: facts read from the dumped kernel's own memory."""

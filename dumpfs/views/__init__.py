@@ -1,0 +1,33 @@
+"""Views: the files a dump is shown as, rendered from the model alone.
+
+    vmcore          /proc/vmcore-style ELF core, built on read
+    info, info.json what the dump is (format, kernel, CPUs, memory), for people and programs
+    vmcoreinfo      the kernel's VMCOREINFO text, when the dump has it
+    cpus/<n>/       registers (`name value` lines) and notes/<TYPE> raw payloads
+    memory/         one file per contiguous physical range, and `map`
+"""
+
+from __future__ import annotations
+
+from dumpfs.model import Dump
+from dumpfs.tree import Dir, File
+from dumpfs.views.cpus import cpus_dir
+from dumpfs.views.info import info_json_text, info_text
+from dumpfs.views.memory import memory_dir
+from dumpfs.views.vmcore import vmcore_file
+
+
+def build_tree(dump: Dump, name: str = "") -> Dir:
+    """The tree of one dump; nothing is computed until it is looked at."""
+    def children():
+        nodes = [
+            vmcore_file(dump),
+            File.from_bytes("info", lambda: info_text(dump).encode()),
+            File.from_bytes("info.json", lambda: info_json_text(dump).encode()),
+            cpus_dir(dump),
+            memory_dir(dump),
+        ]
+        if dump.vmcoreinfo is not None:
+            nodes.append(File.from_bytes("vmcoreinfo", dump.vmcoreinfo.text.encode()))
+        return nodes
+    return Dir(name, children)

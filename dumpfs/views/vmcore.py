@@ -1,0 +1,139 @@
+"""`vmcore`: a /proc/vmcore-style ELF64 core built lazily from the model.
+
+Layout (like the kernel's /proc/vmcore, page-aligned so that FUSE reads of
+memory map onto whole pages):
+
+    ELF header, program headers (PT_NOTE, one PT_LOAD per memory run)
+    [section header 0, only when the PT_LOAD count needs PN_XNUM]
+    padding to a page
+    notes: dump-wide notes, each CPU's notes, VMCOREINFO; padding to a page
+    memory of each PT_LOAD, file offset congruent to its address modulo the page
+
+A PT_LOAD covers a maximal run of adjacent present and zero chunks; a zero
+tail becomes p_filesz < p_memsz.  Excluded pages are in no PT_LOAD, so a
+reader is told they are missing instead of being shown invented zeros.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dumpfs.elf import (EHDR_SIZE, ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_SIZE, PN_XNUM,
+                        PT_LOAD, PT_NOTE, SHDR_FORMAT, SHDR_SIZE, Elf64Header)
+from dumpfs.elfnote import build_note
+from dumpfs.model import Dump, MemoryChunk, Note, PageState
+from dumpfs.tree import File
+from dumpfs.views.extents import Extent, ExtentFile
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    """One PT_LOAD: physical start, bytes stored in the file, bytes in memory."""
+
+    start: int
+    filesz: int
+    memsz: int
+    chunks: tuple[MemoryChunk, ...]
+
+
+def load_segments(dump: Dump) -> list[LoadSegment]:
+    segments: list[LoadSegment] = []
+    run: list[MemoryChunk] = []
+
+    def flush():
+        if not run:
+            return
+        start, end = run[0].start, run[-1].end
+        filesz = end - start
+        tail = [c for c in run]
+        while tail and tail[-1].state is PageState.ZERO:
+            filesz -= tail.pop().size
+        segments.append(LoadSegment(start, filesz, end - start, tuple(run)))
+        run.clear()
+
+    for chunk in dump.memory:
+        if chunk.state is PageState.EXCLUDED:
+            flush()
+            continue
+        if run and chunk.start != run[-1].end:
+            flush()
+        run.append(chunk)
+    flush()
+    return segments
+
+
+def note_bytes(dump: Dump) -> bytes:
+    order = dump.arch.byteorder
+    notes: list[Note] = list(dump.notes)
+    for number in sorted(dump.cpus):
+        notes.extend(dump.cpus[number].notes)
+    if dump.vmcoreinfo is not None:
+        notes.append(Note("VMCOREINFO", 0, dump.vmcoreinfo.raw))
+    return b"".join(build_note(n, order) for n in notes)
+
+
+def _round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def _chunk_reader(chunk: MemoryChunk):
+    if chunk.state is PageState.PRESENT:
+        return chunk.read
+    return None     # zero chunk
+
+
+def build_vmcore(dump: Dump) -> ExtentFile:
+    order = dump.arch.byteorder
+    prefix = "<" if order == "little" else ">"
+    page = dump.page_size
+    segments = load_segments(dump)
+    notes = note_bytes(dump)
+    phnum = 1 + len(segments)
+    xnum = phnum >= PN_XNUM
+
+    headers_size = EHDR_SIZE + PHDR_SIZE * phnum + (SHDR_SIZE if xnum else 0)
+    notes_offset = _round_up(headers_size, page)
+    data_offset = _round_up(notes_offset + len(notes), page)
+
+    extents: list[Extent] = []
+    phdrs = [struct.pack(prefix + PHDR_FORMAT, PT_NOTE, 0, notes_offset, 0, 0,
+                         len(notes), len(notes), 0)]
+    position = data_offset
+    for segment in segments:
+        # keep file offsets congruent to addresses modulo the page size
+        position += (segment.start - position) % page
+        phdrs.append(struct.pack(prefix + PHDR_FORMAT, PT_LOAD, PF_R | PF_W | PF_X, position,
+                                 segment.start, segment.start, segment.filesz, segment.memsz, page))
+        for chunk in segment.chunks:
+            offset_in_segment = chunk.start - segment.start
+            if offset_in_segment >= segment.filesz:
+                break
+            extents.append(Extent(position + offset_in_segment, chunk.size, _chunk_reader(chunk)))
+        position += segment.filesz
+
+    ehdr = Elf64Header[order].build(dict(
+        e_ident=b"\x7fELF" + bytes([2, 1 if order == "little" else 2, 1]) + bytes(9),
+        e_type=ET_CORE, e_machine=dump.arch.elf_machine, e_version=1, e_entry=0,
+        e_phoff=EHDR_SIZE, e_shoff=EHDR_SIZE + PHDR_SIZE * phnum if xnum else 0, e_flags=0,
+        e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE, e_phnum=PN_XNUM if xnum else phnum,
+        e_shentsize=SHDR_SIZE if xnum else 0, e_shnum=1 if xnum else 0, e_shstrndx=0))
+    header = ehdr + b"".join(phdrs)
+    if xnum:
+        # the real program header count lives in section header 0's sh_info
+        header += struct.pack(prefix + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
+    extents.append(Extent(0, len(header), header))
+    extents.append(Extent(notes_offset, len(notes), notes))
+    return ExtentFile(extents, size=max(position, data_offset))
+
+
+def vmcore_file(dump: Dump, name: str = "vmcore") -> File:
+    """The `vmcore` file; its layout is computed on first stat or read."""
+    layout: list[ExtentFile] = []
+
+    def get() -> ExtentFile:
+        if not layout:
+            layout.append(build_vmcore(dump))
+        return layout[0]
+
+    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length))
