@@ -34,10 +34,25 @@ def open_source(source: Source) -> Dump:
             dump = module.open(source)
             dump.sources.append(source.name)
             dump.resources.append(source)
+            _complete_from_memory(dump)
             return dump
     head = source.read(0, 16)
     raise DumpError(f"{source.name}: unknown dump format (first bytes {head[:8].hex(' ')}); "
                     f"known formats: {', '.join(BACKENDS)}")
+
+
+def _complete_from_memory(dump: Dump) -> None:
+    """What every format may lack in its headers but the kernel keeps in memory."""
+    from dumpfs.kernel.utsname import read_utsname
+    from dumpfs.kernel.vmcoreinfo import locate_vmcoreinfo
+
+    dump.meta.details["vmcoreinfo"] = locate_vmcoreinfo(dump)
+    uts = read_utsname(dump)
+    if uts is not None:
+        dump.meta.details["utsname"] = uts
+    if not dump.meta.kernel_release:
+        dump.meta.kernel_release = (dump.vmcoreinfo and dump.vmcoreinfo.get("OSRELEASE")) or (
+            uts and uts.release) or None
 
 
 def open_dump(path: str) -> Dump:
