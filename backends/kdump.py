@@ -1,0 +1,618 @@
+"""kdump-compressed files ("KDUMP   "): makedumpfile -c/-l/-p/-z/none and QEMU kdump-*.
+
+open() reads the main header, the sub header and the notes only.  The two
+bitmaps are scanned into memory chunks when the memory map is first used;
+the scan also numbers the page descriptors (descriptor k belongs to the k-th
+set bit of the 2nd bitmap), so a present run knows its first descriptor and
+reading a page never needs a popcount.  Pages are decoded on demand, in
+batches: one pread for a run of descriptors, one pread per stretch of
+contiguous page data, decoded pages kept in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64sl, Int64ub,
+                       Int64ul, Padding, Struct)
+
+from dumpfs import arch as arches
+from dumpfs.elfnote import parse_notes, sort_notes
+from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
+                          PageCache, PageState, VmcoreInfo)
+from dumpfs.source import Source
+
+NAME = "kdump"
+SIGNATURE = b"KDUMP   "
+
+NEWEST_HEADER_VERSION = 6       # the newest layout we know; newer ones are read as 6
+PLAUSIBLE_HEADER_VERSIONS = range(1, 64)
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
+MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a broken header
+PAGE_DESC_SIZE = 24
+BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
+MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
+MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
+
+# status (main header) and page_desc.flags bits
+DUMP_DH_COMPRESSED_ZLIB = 0x01
+DUMP_DH_COMPRESSED_LZO = 0x02
+DUMP_DH_COMPRESSED_SNAPPY = 0x04
+DUMP_DH_COMPRESSED_INCOMPLETE = 0x08
+DUMP_DH_EXCLUDED_VMEMMAP = 0x10
+DUMP_DH_COMPRESSED_ZSTD = 0x20
+COMPRESSION_NAMES = {DUMP_DH_COMPRESSED_ZLIB: "zlib", DUMP_DH_COMPRESSED_LZO: "lzo",
+                     DUMP_DH_COMPRESSED_SNAPPY: "snappy", DUMP_DH_COMPRESSED_ZSTD: "zstd"}
+COMPRESSION_BITS = DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_SNAPPY \
+    | DUMP_DH_COMPRESSED_ZSTD
+# module to import and pip package that provides it, per compression
+COMPRESSION_MODULES = {"lzo": ("lzo", "python-lzo"), "snappy": ("snappy", "python-snappy"),
+                       "zstd": ("zstandard", "zstandard")}
+
+UTSNAME_FIELD = 65
+UTSNAME_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
+
+
+def disk_dump_header(i32, u32, long, timeval_padding):
+    """struct disk_dump_header; `long` is 8 bytes in the LP64 layout, 4 in the 32-bit one."""
+    return Struct(
+        "signature" / Bytes(8),             # "KDUMP   "
+        "header_version" / i32,             # 6 in current makedumpfile and QEMU
+        "utsname" / Bytes(6 * UTSNAME_FIELD),   # struct new_utsname, 6 NUL-padded strings
+        Padding(timeval_padding),           # alignment of the timeval
+        "tv_sec" / long,                    # timestamp: seconds (QEMU writes 0)
+        "tv_usec" / long,                   # timestamp: microseconds
+        "status" / u32,                     # DUMP_DH_* flags
+        "block_size" / i32,                 # bytes per block = page size
+        "sub_hdr_size" / i32,               # sub header + notes, in blocks
+        "bitmap_blocks" / u32,              # both bitmaps together, in blocks
+        "max_mapnr" / u32,                  # pfn count, truncated to 32 bits (obsolete since v6)
+        "total_ram_blocks" / u32,           # unused
+        "device_blocks" / u32,              # unused
+        "written_blocks" / u32,             # unused
+        "current_cpu" / u32,                # unused
+        "nr_cpus" / i32,                    # CPUs of the dumped system
+    )
+
+
+def kdump_sub_header64(i32, u64, i64):
+    """struct kdump_sub_header, LP64 layout (104 bytes)."""
+    return Struct(
+        "phys_base" / u64,                  # v1: physical base of the kernel
+        "dump_level" / i32,                 # v1: makedumpfile -d level
+        "split" / i32,                      # v2: 1 if one part of a --split dump
+        "start_pfn" / u64,                  # v2: first pfn of this part (obsolete since v6)
+        "end_pfn" / u64,                    # v2: end pfn of this part (obsolete since v6)
+        "offset_vmcoreinfo" / i64,          # v3: file offset of the VMCOREINFO text
+        "size_vmcoreinfo" / u64,            # v3: its length
+        "offset_note" / i64,                # v4: file offset of the copied ELF notes
+        "size_note" / u64,                  # v4: their length
+        "offset_eraseinfo" / i64,           # v5: file offset of the erase info
+        "size_eraseinfo" / u64,             # v5: its length
+        "start_pfn_64" / u64,               # v6: first pfn of a split part
+        "end_pfn_64" / u64,                 # v6: end pfn of a split part
+        "max_mapnr_64" / u64,               # v6: pfn count (authoritative)
+    )
+
+
+def kdump_sub_header32(i32, u32, u64, i64):
+    """QEMU's packed KdumpSubHeader32 (80 bytes)."""
+    return Struct(
+        "phys_base" / u32,                  # v1
+        "dump_level" / i32,                 # v1
+        "split" / i32,                      # v2
+        "start_pfn" / u32,                  # v2
+        "end_pfn" / u32,                    # v2
+        "offset_vmcoreinfo" / i64,          # v3
+        "size_vmcoreinfo" / u32,            # v3
+        "offset_note" / i64,                # v4
+        "size_note" / u32,                  # v4
+        "offset_eraseinfo" / i64,           # v5
+        "size_eraseinfo" / u32,             # v5
+        "start_pfn_64" / u64,               # v6
+        "end_pfn_64" / u64,                 # v6
+        "max_mapnr_64" / u64,               # v6
+    )
+
+
+# header_version that introduced each sub-header field; older files leave them undefined
+SUB_HEADER_SINCE = {"phys_base": 1, "dump_level": 1, "split": 2, "start_pfn": 2, "end_pfn": 2,
+                    "offset_vmcoreinfo": 3, "size_vmcoreinfo": 3, "offset_note": 4,
+                    "size_note": 4, "offset_eraseinfo": 5, "size_eraseinfo": 5,
+                    "start_pfn_64": 6, "end_pfn_64": 6, "max_mapnr_64": 6}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Byte order and word size of one kdump file, and the structures in that layout."""
+
+    byteorder: str          # "little" or "big"
+    bits: int               # 64 or 32
+    header: Struct
+    sub_header: Struct
+    page_desc: struct.Struct    # offset (off_t), size, flags, page_flags
+
+
+def _layout(byteorder: str, bits: int) -> Layout:
+    little = byteorder == "little"
+    i32, u32 = (Int32sl, Int32ul) if little else (Int32sb, Int32ub)
+    i64, u64 = (Int64sl, Int64ul) if little else (Int64sb, Int64ub)
+    prefix = "<" if little else ">"
+    if bits == 64:
+        header = disk_dump_header(i32, u32, i64, 6)
+        sub = kdump_sub_header64(i32, u64, i64)
+    else:
+        header = disk_dump_header(i32, u32, i32, 2)
+        sub = kdump_sub_header32(i32, u32, u64, i64)
+    return Layout(byteorder, bits, header, sub, struct.Struct(prefix + "qIIQ"))
+
+
+BLOCK_SIZE_OFFSET = {64: 0x1AC, 32: 0x1A0}
+
+
+def detect(source: Source) -> bool:
+    return source.read(0, 8) == SIGNATURE
+
+
+def _detect_layout(source: Source) -> Layout:
+    """Byte order from a plausible header_version, word size from a power-of-two block_size."""
+    head = source.read_exact(0, 0x1B0, "kdump main header")
+    orders = [order for order in ("little", "big")
+              if int.from_bytes(head[8:12], order) in PLAUSIBLE_HEADER_VERSIONS]
+    if not orders:
+        raise DumpError(f"{source.name}: kdump header_version {head[8:12].hex()} is not a "
+                        f"plausible version in either byte order")
+    order = orders[0]
+    for bits in (64, 32):
+        off = BLOCK_SIZE_OFFSET[bits]
+        block_size = int.from_bytes(head[off:off + 4], order)
+        if _plausible_block_size(block_size):
+            return _layout(order, bits)
+    raise DumpError(f"{source.name}: kdump block_size is not a power of two between "
+                    f"{MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} in either the 64-bit or the "
+                    f"32-bit layout")
+
+
+def _plausible_block_size(n: int) -> bool:
+    return MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n & (n - 1) == 0
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _signed64(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def open(source: Source) -> Dump:
+    name = source.name
+    layout = _detect_layout(source)
+    hdr = layout.header.parse(source.read_exact(0, layout.header.sizeof(), "kdump main header"))
+    version = hdr.header_version
+    block_size = hdr.block_size
+    problems: list[str] = []
+    details: dict[str, object] = {"header_version": version, "layout": f"{layout.bits}-bit "
+                                  f"{layout.byteorder}-endian", "block_size": block_size}
+    if version > NEWEST_HEADER_VERSION:
+        problems.append(f"header_version {version} is newer than {NEWEST_HEADER_VERSION}; "
+                        f"read as version {NEWEST_HEADER_VERSION}")
+    uts = {field: _cstr(hdr.utsname[i * UTSNAME_FIELD:(i + 1) * UTSNAME_FIELD])
+           for i, field in enumerate(UTSNAME_FIELDS)}
+
+    # sub header: block 1 .. sub_hdr_size
+    if hdr.sub_hdr_size < 1:
+        raise DumpError(f"{name}: kdump sub_hdr_size is {hdr.sub_hdr_size}; it must be at least 1 block")
+    sub_area_end = (1 + hdr.sub_hdr_size) * block_size
+    if sub_area_end > source.size:
+        raise DumpError(f"{name}: truncated: kdump sub header and notes ({hdr.sub_hdr_size} blocks "
+                        f"at {block_size:#x}) end at {sub_area_end:#x}, the file ends at {source.size:#x}")
+    sub_raw = source.read_exact(block_size, min(layout.sub_header.sizeof(), hdr.sub_hdr_size * block_size),
+                                "kdump sub header")
+    sub = layout.sub_header.parse(sub_raw.ljust(layout.sub_header.sizeof(), b"\0"))
+    sub = {field: (value if version >= SUB_HEADER_SINCE[field] else 0)
+           for field, value in sub.items() if field in SUB_HEADER_SINCE}
+
+    max_mapnr = sub["max_mapnr_64"] or hdr.max_mapnr
+    details["max_mapnr"] = max_mapnr
+    details["nr_cpus"] = hdr.nr_cpus
+    details["status"] = hdr.status
+    if max_mapnr == 0:
+        raise DumpError(f"{name}: kdump max_mapnr is 0: the dump describes no memory")
+    if max_mapnr > (1 << 64) // block_size:
+        raise DumpError(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond 2^64 bytes)")
+
+    # bitmaps: the 1st and 2nd bitmap share bitmap_blocks equally
+    bitmap1 = sub_area_end
+    bitmap_len = hdr.bitmap_blocks * block_size // 2
+    bitmap_needed = (max_mapnr + 7) // 8
+    if bitmap_needed > bitmap_len:
+        raise DumpError(f"{name}: kdump bitmap_blocks {hdr.bitmap_blocks} gives {bitmap_len} bytes "
+                        f"per bitmap, too few for max_mapnr {max_mapnr} ({bitmap_needed} bytes)")
+    bitmap2 = bitmap1 + bitmap_len
+    if bitmap2 + bitmap_len > source.size:
+        raise DumpError(f"{name}: truncated: kdump bitmaps ({hdr.bitmap_blocks} blocks at "
+                        f"{bitmap1:#x}) end at {bitmap2 + bitmap_len:#x}, the file ends at "
+                        f"{source.size:#x}")
+    if bitmap_len > -(-bitmap_needed // block_size) * block_size:
+        problems.append(f"bitmap_blocks {hdr.bitmap_blocks} is larger than max_mapnr "
+                        f"{max_mapnr} needs")
+    table_start = (1 + hdr.sub_hdr_size + hdr.bitmap_blocks) * block_size
+
+    arch, arch_note = _choose_arch(name, layout, uts["machine"])
+    if arch_note:
+        details["arch"] = arch_note
+
+    notes = []
+    if sub["size_note"]:
+        notes = parse_notes(_read_header_area(source, sub["offset_note"], sub["size_note"],
+                                              sub_area_end, "ELF notes"), arch.byteorder)
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, notes)
+    if vmcoreinfo is None and sub["size_vmcoreinfo"]:
+        vmcoreinfo = VmcoreInfo(_read_header_area(source, sub["offset_vmcoreinfo"],
+                                                  sub["size_vmcoreinfo"], sub_area_end, "VMCOREINFO"))
+
+    compression = _compression(hdr.status)
+    _require_compression_module(name, compression)
+
+    writer = "qemu" if not uts["sysname"] and hdr.tv_sec == 0 else "makedumpfile"
+    meta = DumpMeta(format="kdump", writer=writer, dump_level=sub["dump_level"],
+                    compression=compression, details=details, problems=problems,
+                    kernel_release=uts["release"] or (vmcoreinfo.get("OSRELEASE") if vmcoreinfo else None),
+                    dump_time=datetime.fromtimestamp(hdr.tv_sec, timezone.utc) if hdr.tv_sec > 0 else None)
+    if uts["nodename"]:
+        details["nodename"] = uts["nodename"]
+    if uts["version"]:
+        details["kernel_version"] = uts["version"]
+    _choose_phys_base(meta, sub["phys_base"], vmcoreinfo)
+    if hdr.status & DUMP_DH_EXCLUDED_VMEMMAP:
+        details["excluded_vmemmap"] = True
+    if hdr.status & DUMP_DH_COMPRESSED_INCOMPLETE:
+        meta.complete = False
+        problems.append("the writer marked the dump incomplete (status 0x08): pages near the end "
+                        "may be missing")
+
+    first_pfn, end_pfn = 0, max_mapnr
+    if sub["split"]:
+        first_pfn = sub["start_pfn_64"] or sub["start_pfn"]
+        end_pfn = min(max_mapnr, sub["end_pfn_64"] or sub["end_pfn"] or max_mapnr)
+        details["split"] = f"pfns {first_pfn:#x}-{end_pfn:#x}"
+        meta.complete = False
+        problems.append(f"one part of a --split dump: only pfns {first_pfn:#x}-{end_pfn:#x} are here")
+
+    pages = KdumpPages(source, layout, block_size, bitmap1, bitmap2, table_start,
+                       first_pfn, end_pfn, meta)
+    return Dump(arch=arch, page_size=block_size, memory=Memory(pages.chunks), cpus=cpus,
+                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
+
+
+def _choose_arch(name: str, layout: Layout, machine: str):
+    """The architecture from utsname.machine; QEMU may leave it empty, then byte order decides."""
+    if layout.bits != 64:
+        raise DumpError(f"{name}: 32-bit kdump layout (machine {machine or 'unknown'!r}); only "
+                        f"64-bit x86_64 and s390x dumps are supported")
+    if machine:
+        arch = arches.by_name(machine.lower())
+        if arch is None:
+            raise DumpError(f"{name}: kdump of machine {machine!r} is not supported "
+                            f"(x86_64 and s390x are)")
+        if arch.byteorder != layout.byteorder:
+            raise DumpError(f"{name}: {arch.name} kdump in {layout.byteorder}-endian byte order")
+        return arch, None
+    arch = arches.by_name("s390x" if layout.byteorder == "big" else "x86_64")
+    return arch, f"{arch.name}, guessed from the byte order (utsname.machine is empty)"
+
+
+def _read_header_area(source: Source, offset: int, size: int, area_end: int, what: str) -> bytes:
+    """Notes or VMCOREINFO text, which must lie in the sub-header area."""
+    if size > MAX_NOTES or offset < 0 or offset + size > area_end:
+        raise DumpError(f"{source.name}: kdump {what} at {offset:#x} of {size:#x} bytes lie outside "
+                        f"the sub-header area (ends at {area_end:#x})")
+    return source.read_exact(offset, size, f"kdump {what}")
+
+
+def _compression(status: int) -> str:
+    used = [COMPRESSION_NAMES[bit] for bit in COMPRESSION_NAMES if status & bit]
+    return "+".join(used) if used else "none"
+
+
+def _require_compression_module(name: str, compression: str) -> None:
+    for method in compression.split("+"):
+        if method in COMPRESSION_MODULES:
+            module, package = COMPRESSION_MODULES[method]
+            try:
+                __import__(module)
+            except ImportError:
+                raise DumpError(f"{name}: pages are {method}-compressed; install the Python "
+                                f"package {package} (pip install {package})") from None
+
+
+def _choose_phys_base(meta: DumpMeta, header_value: int, vmcoreinfo: VmcoreInfo | None) -> None:
+    """VMCOREINFO's phys_base wins: QEMU 7.2 writes a wrong header value under KASLR."""
+    header_phys_base = _signed64(header_value)
+    meta.details["phys_base_header"] = header_phys_base
+    chosen = header_phys_base
+    if vmcoreinfo is not None:
+        from_vmcoreinfo = vmcoreinfo.number("NUMBER(phys_base)")
+        if from_vmcoreinfo is not None:
+            from_vmcoreinfo = _signed64(from_vmcoreinfo % (1 << 64))
+            meta.details["phys_base_vmcoreinfo"] = from_vmcoreinfo
+            chosen = from_vmcoreinfo
+    meta.details["phys_base"] = chosen
+
+
+# --- bitmap scanning ---------------------------------------------------------------
+
+def _ones_in_byte(value: int) -> tuple[tuple[int, int], ...]:
+    runs, bit = [], 0
+    while bit < 8:
+        if value >> bit & 1:
+            start = bit
+            while bit < 8 and value >> bit & 1:
+                bit += 1
+            runs.append((start, bit))
+        else:
+            bit += 1
+    return tuple(runs)
+
+
+ONES_IN_BYTE = [_ones_in_byte(v) for v in range(256)]
+FULL_OR_MIXED_BYTES = re.compile(rb"\xff+|[^\x00\xff]")
+
+
+def set_bit_runs(bitmap: bytes, first_bit: int = 0):
+    """(start, end) ranges of set bits, LSB-first; full bytes are matched in C, bits only at edges.
+
+    Adjacent ranges are not merged; see `merge_adjacent`.
+    """
+    for match in FULL_OR_MIXED_BYTES.finditer(bitmap):
+        start = match.start()
+        base = first_bit + 8 * start
+        if bitmap[start] == 0xFF:
+            yield base, first_bit + 8 * match.end()
+        else:
+            for low, high in ONES_IN_BYTE[bitmap[start]]:
+                yield base + low, base + high
+
+
+def merge_adjacent(runs):
+    start = end = None
+    for low, high in runs:
+        if low == end:
+            end = high
+            continue
+        if start is not None:
+            yield start, end
+        start, end = low, high
+    if start is not None:
+        yield start, end
+
+
+def _clip(runs, low: int, high: int):
+    for start, end in runs:
+        start, end = max(start, low), min(end, high)
+        if start < end:
+            yield start, end
+
+
+# --- pages -------------------------------------------------------------------------
+
+class KdumpPages:
+    """The bitmaps, descriptor table and page data of one kdump file."""
+
+    def __init__(self, source: Source, layout: Layout, block_size: int, bitmap1: int, bitmap2: int,
+                 table_start: int, first_pfn: int, end_pfn: int, meta: DumpMeta):
+        self.source = source
+        self.page_desc = layout.page_desc
+        self.block_size = block_size
+        self.page_shift = block_size.bit_length() - 1
+        self.bitmap1, self.bitmap2 = bitmap1, bitmap2
+        self.table_start = table_start
+        self.first_pfn, self.end_pfn = first_pfn, end_pfn
+        self.meta = meta
+        self.cache = PageCache()
+        marked_incomplete = meta.details["status"] & DUMP_DH_COMPRESSED_INCOMPLETE
+        self.incomplete_note = " (the dump is marked incomplete)" if marked_incomplete else ""
+        self.decoders = {DUMP_DH_COMPRESSED_ZLIB: self._zlib, DUMP_DH_COMPRESSED_LZO: self._lzo,
+                         DUMP_DH_COMPRESSED_SNAPPY: self._snappy, DUMP_DH_COMPRESSED_ZSTD: self._zstd}
+
+    # memory map
+
+    def chunks(self) -> list[MemoryChunk]:
+        """Present runs (2nd bitmap), excluded runs (1st but not 2nd); pfns in neither are holes."""
+        present, excluded = self._scan_bitmaps()
+        shift = self.page_shift
+        usable = max(0, (self.source.size - self.table_start) // PAGE_DESC_SIZE)
+        chunks: list[MemoryChunk] = []
+        descriptor = 0
+        lost_pages = 0
+        for start, end in present:
+            have = min(end - start, max(0, usable - descriptor))
+            if have:
+                chunks.append(MemoryChunk(start << shift, have << shift, PageState.PRESENT,
+                                          self._reader(start, descriptor)))
+            if have < end - start:
+                # descriptors past the end of the file: unknown content, as in a cut ELF
+                chunks.append(MemoryChunk((start + have) << shift, (end - start - have) << shift,
+                                          PageState.EXCLUDED))
+                lost_pages += end - start - have
+            descriptor += end - start
+        for start, end in excluded:
+            chunks.append(MemoryChunk(start << shift, (end - start) << shift, PageState.EXCLUDED))
+        self.meta.details["dumpable_pages"] = descriptor
+        if lost_pages:
+            self._problem(f"truncated: the page descriptors of {lost_pages} pages lie past the end "
+                          f"of the file; those pages are unreadable")
+        elif descriptor:
+            self._check_last_page(descriptor - 1)
+        return chunks
+
+    def _scan_bitmaps(self):
+        """Runs of present and of excluded pfns, read in pieces so huge bitmaps never sit in memory."""
+        present, excluded = [], []
+        first_byte = self.first_pfn // 8
+        end_byte = (self.end_pfn + 7) // 8
+        for offset in range(first_byte, end_byte, BITMAP_PIECE):
+            length = min(BITMAP_PIECE, end_byte - offset)
+            dumpable = self.source.read_exact(self.bitmap2 + offset, length, "kdump 2nd bitmap")
+            existing = self.source.read_exact(self.bitmap1 + offset, length, "kdump 1st bitmap")
+            present.extend(set_bit_runs(dumpable, 8 * offset))
+            if existing != dumpable:
+                only_existing = (int.from_bytes(existing, "little")
+                                 & ~int.from_bytes(dumpable, "little")).to_bytes(length, "little")
+                excluded.extend(set_bit_runs(only_existing, 8 * offset))
+        bounds = (self.first_pfn, self.end_pfn)
+        return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
+
+    def _check_last_page(self, descriptor: int) -> None:
+        raw = self.source.read(self.table_start + descriptor * PAGE_DESC_SIZE, PAGE_DESC_SIZE)
+        if len(raw) < PAGE_DESC_SIZE:
+            return
+        offset, size, _flags, _ = self.page_desc.unpack(raw)
+        if offset + size > self.source.size:
+            self._problem(f"truncated: page data should reach {offset + size:#x}, the file ends at "
+                          f"{self.source.size:#x}; pages whose data is missing are unreadable")
+
+    def _problem(self, text: str) -> None:
+        self.meta.complete = False
+        if text not in self.meta.problems:
+            self.meta.problems.append(text)
+
+    # reading
+
+    def _reader(self, run_pfn: int, run_descriptor: int):
+        def read(offset: int, length: int) -> bytes:
+            return self.read(run_pfn, run_descriptor, offset, length)
+        return read
+
+    def read(self, run_pfn: int, run_descriptor: int, offset: int, length: int) -> bytes:
+        """Bytes at `offset` of the present run that starts at `run_pfn` with `run_descriptor`."""
+        if length <= 0:
+            return b""
+        shift = self.page_shift
+        first = offset >> shift
+        last = (offset + length - 1) >> shift
+        pages: list[bytes] = []
+        page = first
+        while page <= last:
+            count = min(last + 1 - page, MAX_PAGES_PER_BATCH)
+            pages.extend(self._pages(run_pfn + page, run_descriptor + page, count))
+            page += count
+        data = b"".join(pages) if len(pages) > 1 else pages[0]
+        skip = offset - (first << shift)
+        if skip == 0 and len(data) == length:
+            return data
+        return data[skip:skip + length]
+
+    def _pages(self, pfn: int, descriptor: int, count: int) -> list[bytes]:
+        """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`."""
+        cache = self.cache
+        pages = [cache.get(pfn + i) for i in range(count)]
+        missing = [i for i, page in enumerate(pages) if page is None]
+        if not missing:
+            return pages
+        low, high = missing[0], missing[-1] + 1
+        table_offset = self.table_start + (descriptor + low) * PAGE_DESC_SIZE
+        table = self.source.read(table_offset, (high - low) * PAGE_DESC_SIZE)
+        descriptors = list(self.page_desc.iter_unpack(table[:len(table) - len(table) % PAGE_DESC_SIZE]))
+
+        # group the missing pages whose data is contiguous in the file: one pread per group
+        groups: list[list] = []        # [file offset, length, [(index, size, flags), ...]]
+        block_size = self.block_size
+        for i in missing:
+            address = (pfn + i) << self.page_shift
+            if i - low >= len(descriptors):
+                raise MemoryUnavailable(address, "page descriptor past the end of the file"
+                                        + self.incomplete_note)
+            data_offset, size, flags, _ = descriptors[i - low]
+            if data_offset < 0 or size == 0 or size > block_size:
+                raise MemoryUnavailable(address, f"corrupt page data: descriptor says {size} bytes "
+                                                 f"at {data_offset:#x} (block size {block_size})")
+            if data_offset + size > self.source.size:
+                raise MemoryUnavailable(address, f"page data at {data_offset:#x} lies past the end "
+                                                 f"of the file" + self.incomplete_note)
+            group = groups[-1] if groups else None
+            if group and group[0] + group[1] == data_offset and group[1] + size <= MAX_COALESCED_READ:
+                group[1] += size
+                group[2].append((i, size, flags))
+            else:
+                groups.append([data_offset, size, [(i, size, flags)]])
+
+        for data_offset, group_length, members in groups:
+            blob = memoryview(self.source.read(data_offset, group_length))
+            position = 0
+            for i, size, flags in members:
+                address = (pfn + i) << self.page_shift
+                raw = blob[position:position + size]
+                position += size
+                if len(raw) < size:
+                    raise MemoryUnavailable(address, "page data past the end of the file"
+                                            + self.incomplete_note)
+                page = self._decode(raw, flags, address)
+                pages[i] = page
+                cache.put(pfn + i, page)
+        return pages
+
+    def _decode(self, raw: memoryview, flags: int, address: int) -> bytes:
+        block_size = self.block_size
+        method = flags & COMPRESSION_BITS
+        if method == 0:
+            if flags:
+                raise MemoryUnavailable(address, f"corrupt page data: unknown page flags {flags:#x}")
+            if len(raw) != block_size:
+                raise MemoryUnavailable(address, f"corrupt page data: raw page of {len(raw)} bytes")
+            return bytes(raw)
+        decoder = self.decoders.get(method)
+        if decoder is None:
+            raise MemoryUnavailable(address, f"corrupt page data: page flags {flags:#x} name "
+                                             f"several compressions")
+        try:
+            page = decoder(raw)
+        except MemoryUnavailable:
+            raise
+        except ImportError as e:
+            raise MemoryUnavailable(address, f"page is {COMPRESSION_NAMES[method]}-compressed and "
+                                             f"the module is missing: {e}") from None
+        except Exception as e:      # each library has its own error type; all mean corrupt data
+            raise MemoryUnavailable(address, f"corrupt page data: {COMPRESSION_NAMES[method]}: "
+                                             f"{e or type(e).__name__}") from None
+        if len(page) != block_size:
+            raise MemoryUnavailable(address, f"corrupt page data: {COMPRESSION_NAMES[method]} page "
+                                             f"decompressed to {len(page)} bytes, not {block_size}")
+        return page
+
+    def _zlib(self, raw) -> bytes:
+        return zlib.decompress(raw, 15, self.block_size)
+
+    def _lzo(self, raw) -> bytes:
+        import lzo
+        return lzo.decompress(bytes(raw), False, self.block_size)
+
+    def _snappy(self, raw) -> bytes:
+        import snappy
+        declared = _snappy_length(raw)
+        if declared != self.block_size:     # checked first: a hostile length would be allocated
+            raise ValueError(f"snappy header declares {declared} bytes")
+        return snappy.uncompress(bytes(raw))
+
+    def _zstd(self, raw) -> bytes:
+        import zstandard
+        declared = zstandard.frame_content_size(raw)
+        if declared not in (-1, self.block_size):
+            raise ValueError(f"zstd frame declares {declared} bytes")
+        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=self.block_size)
+
+
+def _snappy_length(raw) -> int:
+    """The uncompressed length in a raw snappy block's varint preamble."""
+    value = shift = 0
+    for byte in bytes(raw[:5]):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+        shift += 7
+    return -1
