@@ -1,0 +1,430 @@
+"""The `dumpfs` command: mount, umount, info, convert.
+
+Every failure is one line `dumpfs: <what is wrong>` on stderr and an exit
+code from EXIT_CODES; a traceback only with --debug.  Dumps are opened
+before `mount` daemonises, so a bad dump is reported on the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from dumpfs.model import DumpError, MemoryUnavailable
+
+OK, BAD_INPUT, USAGE, MOUNT_FAILED, OUTPUT_FAILED, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
+
+EXIT_CODES = f"""\
+exit codes:
+  {OK}    success
+  {BAD_INPUT}    a source is missing, unreadable or not a usable dump
+  {USAGE}    bad command line
+  {MOUNT_FAILED}    mounting or unmounting failed (mountpoint missing, busy, no FUSE)
+  {OUTPUT_FAILED}    convert: the output cannot be written
+  {INTERNAL}   internal error (a bug: please report it with the --debug output)
+  {INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+DESCRIPTION = """\
+Mount Linux kernel dumps (ELF vmcore, kdump-compressed, flattened, s390)
+as a lazy read-only file tree, or inspect and convert them.
+
+A mounted dump shows:
+  vmcore               the dump as a /proc/vmcore-style ELF core (crash, gdb, drgn)
+  info, info.json      what the dump is: format, kernel, CPUs, memory, damage
+  vmcoreinfo           the kernel's VMCOREINFO text (when the dump has it)
+  cpus/<n>/registers   `name value` lines; cpus/<n>/notes/<TYPE> raw note payloads
+  memory/<start>-<end> physical memory ranges; memory/map lists every chunk
+"""
+
+EXAMPLES = """\
+examples:
+  dumpfs mount /var/crash/vmcore /mnt/dump      mount in the background
+  dumpfs mount -f --debug vmcore /mnt/dump      stay in the foreground, log requests
+  dumpfs mount a.kdump b.elf /mnt/dumps         one subfolder per dump: a.kdump/ b.elf/
+  dumpfs mount -o allow_other vmcore /mnt/dump  let other users read it
+  dumpfs umount /mnt/dump
+  dumpfs info dump.kdump                        what is in the dump
+  dumpfs info --json dump.kdump | jq .memory
+  dumpfs convert dump.kdump vmcore.elf          kdump -> ELF, readable by any tool
+  dumpfs convert dump.kdump - | gzip > vmcore.elf.gz
+"""
+
+log = logging.getLogger("dumpfs")
+
+
+class Failure(Exception):
+    """An error for people, with the exit code it ends the command with."""
+
+    def __init__(self, message: str, code: int = BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def _say(message: str) -> None:
+    print(f"dumpfs: {message}", file=sys.stderr, flush=True)
+
+
+def _oserror_text(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return f"{exc.filename}: {text}" if exc.filename else text
+
+
+def _open(path: str):
+    from dumpfs.backends import open_dump
+    return open_dump(path)
+
+
+# -- mount -------------------------------------------------------------
+
+def _check_mountpoint(path: str) -> str:
+    try:
+        if not os.path.isdir(path):
+            if os.path.lexists(path):
+                raise Failure(f"{path}: mountpoint is not a directory", MOUNT_FAILED)
+            raise Failure(f"{path}: mountpoint does not exist (mkdir it first)", MOUNT_FAILED)
+        if os.path.ismount(path):
+            raise Failure(f"{path}: something is already mounted there "
+                          f"(dumpfs umount {path} first)", MOUNT_FAILED)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise Failure(f"{path}: a dead FUSE mount is still there "
+                          f"(dumpfs umount {path} first)", MOUNT_FAILED) from None
+        raise Failure(f"{path}: mountpoint: {exc.strerror}", MOUNT_FAILED) from None
+    return os.path.abspath(path)
+
+
+def _unique_names(paths: list[str]) -> list[str]:
+    """Subfolder names for a multi-dump mount: basenames, `-2`, `-3`... on a clash."""
+    names, seen = [], set()
+    for path in paths:
+        base = os.path.basename(os.path.normpath(path)) or "dump"
+        name, n = base, 1
+        while name in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _build_root(dumps: list, paths: list[str]):
+    from dumpfs.tree import Dir
+    from dumpfs.views import build_tree
+    if len(dumps) == 1:
+        return build_tree(dumps[0])
+    return Dir("", [build_tree(d, name) for d, name in zip(dumps, _unique_names(paths))])
+
+
+def cmd_mount(args) -> int:
+    options = [o.strip() for group in args.options for o in group.split(",") if o.strip()]
+    direct_io = "direct_io" in options      # ours, not libfuse's: bypass the page cache
+    options = [o for o in options if o != "direct_io"]
+    dumps = [_open(path) for path in args.sources]
+    mountpoint = _check_mountpoint(args.mountpoint)
+    root = _build_root(dumps, args.sources)
+
+    from dumpfs import fuse
+    if args.foreground:
+        try:
+            ops = fuse.mount(root, mountpoint, options, direct_io=direct_io)
+        except fuse.MountError as exc:
+            raise Failure(f"{mountpoint}: cannot mount: {exc}", MOUNT_FAILED) from None
+        log.debug("mounted %s on %s", ", ".join(args.sources), mountpoint)
+        fuse.serve(ops)
+        return OK
+
+    # Daemonise: the child mounts and reports through a pipe, so that the parent
+    # exits only when the mount is usable (scripts may `ls` it at once).
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read().decode(errors="replace")
+        if report == "ok":
+            return OK
+        os.waitpid(pid, 0)
+        raise Failure(report or f"{mountpoint}: the mount process died before mounting",
+                      MOUNT_FAILED)
+
+    os.close(read_end)
+    code = OK
+    try:
+        os.setsid()
+        try:
+            ops = fuse.mount(root, mountpoint, options, direct_io=direct_io)
+        except fuse.MountError as exc:
+            os.write(write_end, f"{mountpoint}: cannot mount: {exc}".encode())
+            os._exit(MOUNT_FAILED)
+        except BaseException as exc:    # noqa: BLE001 - the parent must hear about it
+            os.write(write_end, f"{mountpoint}: cannot mount: {exc}".encode())
+            os._exit(MOUNT_FAILED)
+        os.chdir("/")
+        _detach_stdio()
+        os.write(write_end, b"ok")
+        os.close(write_end)
+        fuse.serve(ops)
+    except BaseException:               # noqa: BLE001 - nobody is left to read a traceback
+        log.exception("dumpfs daemon for %s failed", mountpoint)
+        code = INTERNAL
+    finally:
+        os._exit(code)
+
+
+def _detach_stdio() -> None:
+    """Daemon: stdio to /dev/null, warnings to syslog (when there is one)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler
+        handler = SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter("dumpfs[%(process)d]: %(message)s"))
+        root.addHandler(handler)
+
+
+# -- umount ------------------------------------------------------------
+
+def _mounted_at(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, from /proc/self/mounts."""
+    target = os.path.abspath(path)
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[1].replace("\\040", " ") == target:
+                found = fields[2]
+    return found
+
+
+def cmd_umount(args) -> int:
+    path = args.mountpoint
+    if _mounted_at(path) is None:
+        raise Failure(f"{path}: not mounted", MOUNT_FAILED)
+    errors = []
+    for command in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
+        if shutil.which(command[0]) is None:
+            continue
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode == 0:
+            return OK
+        errors.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
+                      else f"{command[0]} failed")
+    raise Failure(f"{path}: cannot unmount: {errors[-1] if errors else 'no fusermount3 or umount'}",
+                  MOUNT_FAILED)
+
+
+# -- info --------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from dumpfs.views.info import info_json, info_text
+    dump = _open(args.source)
+    try:
+        if args.json:
+            text = json.dumps(info_json(dump), indent=2, default=str) + "\n"
+        else:
+            text = info_text(dump)
+            text += "" if text.endswith("\n") else "\n"
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    finally:
+        dump.close()
+    return OK
+
+
+# -- convert -----------------------------------------------------------
+
+BLOCK = 4 << 20
+
+
+def cmd_convert(args) -> int:
+    from dumpfs.views.vmcore import vmcore_file
+    dump = _open(args.source)
+    try:
+        vmcore = vmcore_file(dump)
+        size = vmcore.size
+        progress = args.progress or (sys.stderr.isatty() and not args.quiet)
+        if args.output == "-":
+            _copy(vmcore, size, sys.stdout.buffer, progress, "-")
+            sys.stdout.buffer.flush()
+            return OK
+        tmp = args.output + ".tmp"
+        try:
+            out = open(tmp, "wb")
+        except OSError as exc:
+            raise Failure(f"{args.output}: cannot write: {exc.strerror}", OUTPUT_FAILED) from None
+        try:
+            with out:
+                _copy(vmcore, size, out, progress, args.output)
+            os.replace(tmp, args.output)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    finally:
+        dump.close()
+    return OK
+
+
+def _copy(vmcore, size: int, out, progress: bool, name: str) -> None:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc="convert", file=sys.stderr, leave=False)
+    try:
+        offset = 0
+        while offset < size:
+            try:
+                data = vmcore.read(offset, min(BLOCK, size - offset))
+            except (MemoryUnavailable, OSError) as exc:
+                raise Failure(f"vmcore offset {offset:#x}: cannot read: {exc}") from None
+            if not data:
+                raise Failure(f"vmcore ends early at offset {offset:#x} of {size:#x}")
+            try:
+                out.write(data)
+            except OSError as exc:
+                raise Failure(f"{name}: cannot write: {exc.strerror}", OUTPUT_FAILED) from None
+            offset += len(data)
+            if bar is not None:
+                bar.update(len(data))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# -- main --------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Usage errors are one line too (plus a hint), exit code 2."""
+        _say(f"{message} (see `{self.prog} --help`)")
+        sys.exit(USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ver = version("dumpfs")
+    except PackageNotFoundError:
+        ver = "unknown"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="log every failed request and show tracebacks (mount: implies -f)")
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="dumpfs", description=DESCRIPTION, epilog=EXAMPLES + "\n" + EXIT_CODES,
+                     formatter_class=fmt, parents=[common])
+    parser.add_argument("--version", action="version", version=f"dumpfs {ver}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("mount", parents=[common], formatter_class=fmt,
+                       help="mount dumps as a read-only file tree",
+                       description="Mount one dump at MOUNTPOINT, or several dumps as one "
+                                   "subfolder each (named after the file).  Runs in the "
+                                   "background once the mount is ready, unless -f.",
+                       epilog="examples:\n  dumpfs mount vmcore /mnt/dump\n"
+                              "  dumpfs mount -o allow_other a.kdump b.elf /mnt/dumps\n\n"
+                              + EXIT_CODES)
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground; Ctrl-C unmounts")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="FUSE mount options, e.g. allow_other (needs user_allow_other in "
+                        "/etc/fuse.conf for non-root users); direct_io bypasses the page "
+                        "cache (slower for tools that re-read pages)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="dump file or block device")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", parents=[common], formatter_class=fmt,
+                       help="unmount a dumpfs mount",
+                       description="Unmount (fusermount3 -u, else umount); the daemon exits.",
+                       epilog="example:\n  dumpfs umount /mnt/dump\n\n" + EXIT_CODES)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("info", parents=[common], formatter_class=fmt,
+                       help="describe a dump (format, kernel, CPUs, memory, damage)",
+                       description="Print what the mounted `info` file would show.",
+                       epilog="examples:\n  dumpfs info vmcore\n  dumpfs info --json vmcore\n\n"
+                              + EXIT_CODES)
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--json", action="store_true", help="machine-readable, as info.json")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", parents=[common], formatter_class=fmt,
+                       help="write a dump as an ELF vmcore",
+                       description="Write exactly the bytes of the mounted `vmcore` file: an "
+                                   "ELF core that crash, gdb and drgn read.  The output "
+                                   "appears under its name only when complete.",
+                       epilog="examples:\n  dumpfs convert dump.kdump vmcore.elf\n"
+                              "  dumpfs convert dump.kdump - | ssh host 'cat > vmcore'\n\n"
+                              + EXIT_CODES)
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("output", metavar="OUTPUT", help="file to write, or - for stdout")
+    p.add_argument("--format", choices=["elf"], default="elf", help="output format (elf)")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar on stderr even when it is not a terminal")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    if args.command == "mount" and args.debug:
+        args.foreground = True
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="dumpfs: %(message)s")
+    try:
+        return args.func(args)
+    except Failure as exc:
+        _say(str(exc))
+        return exc.code
+    except DumpError as exc:
+        _say(str(exc))
+        return BAD_INPUT
+    except MemoryUnavailable as exc:
+        _say(f"cannot read the dump: {exc}")
+        return BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (`dumpfs convert x - | head`): not worth a message
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return OUTPUT_FAILED
+    except OSError as exc:
+        _say(_oserror_text(exc))
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return INTERRUPTED
+    except Exception as exc:    # noqa: BLE001 - a bug, but still one line unless --debug
+        if args.debug:
+            log.exception("internal error")
+        _say(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+        return INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
