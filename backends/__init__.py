@@ -14,8 +14,8 @@ from dumpfs.source import FileSource, Source
 
 # Detection order: most specific magic first.
 BACKENDS = [
-
-
+    "flattened",   # makedumpfile flattened stream around a kdump or ELF file
+    "kdump",       # kdump-compressed (makedumpfile, QEMU)
     "elf",         # ELF64 core (/proc/vmcore style)
 ]
 
@@ -42,17 +42,12 @@ def open_source(source: Source) -> Dump:
 
 
 def _complete_from_memory(dump: Dump) -> None:
-    """What every format may lack in its headers but the kernel keeps in memory."""
-    from dumpfs.kernel.utsname import read_utsname
+    """VMCOREINFO that the format lacks but the kernel keeps in memory (s390 lowcore)."""
     from dumpfs.kernel.vmcoreinfo import locate_vmcoreinfo
 
     dump.meta.details["vmcoreinfo"] = locate_vmcoreinfo(dump)
-    uts = read_utsname(dump)
-    if uts is not None:
-        dump.meta.details["utsname"] = uts
-    if not dump.meta.kernel_release:
-        dump.meta.kernel_release = (dump.vmcoreinfo and dump.vmcoreinfo.get("OSRELEASE")) or (
-            uts and uts.release) or None
+    if not dump.meta.kernel_release and dump.vmcoreinfo is not None:
+        dump.meta.kernel_release = dump.vmcoreinfo.get("OSRELEASE")
 
 
 def open_dump(path: str) -> Dump:
