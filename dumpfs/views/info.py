@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from dumpfs.kernel.utsname import read_utsname
 from dumpfs.model import Dump, PageState
 from dumpfs.views.memory import contiguous_ranges
 
@@ -18,8 +19,8 @@ def _mib(size: int) -> str:
 def info_json(dump: Dump) -> dict:
     meta = dump.meta
     memory = dump.memory
-    uts = meta.details.get("utsname")
-    details = {k: v for k, v in meta.details.items() if k != "utsname"}
+    uts = read_utsname(dump)
+    details = meta.details
     return {
         "sources": list(dump.sources),
         "format": meta.format,
