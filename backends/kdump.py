@@ -37,6 +37,7 @@ PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
+MAX_SHARED_ZERO_PAGES = 16      # data offsets remembered as "the shared zero page"
 
 # status (main header) and page_desc.flags bits
 DUMP_DH_COMPRESSED_ZLIB = 0x01
@@ -415,6 +416,8 @@ class KdumpPages:
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
         self.cache = PageCache()
+        self.zero_page = bytes(block_size)
+        self.zero_offsets: set[int] = set()     # data offsets of raw zero pages (the shared one)
         marked_incomplete = meta.details["status"] & DUMP_DH_COMPRESSED_INCOMPLETE
         self.incomplete_note = " (the dump is marked incomplete)" if marked_incomplete else ""
         self.decoders = {DUMP_DH_COMPRESSED_ZLIB: self._zlib, DUMP_DH_COMPRESSED_LZO: self._lzo,
@@ -522,37 +525,56 @@ class KdumpPages:
 
         # group the missing pages whose data is contiguous in the file: one pread per group
         groups: list[list] = []        # [file offset, length, [(index, size, flags), ...]]
-        block_size = self.block_size
+        block_size, file_size, zero_offsets = self.block_size, self.source.size, self.zero_offsets
+        group = None
         for i in missing:
-            address = (pfn + i) << self.page_shift
             if i - low >= len(descriptors):
-                raise MemoryUnavailable(address, "page descriptor past the end of the file"
-                                        + self.incomplete_note)
+                raise MemoryUnavailable((pfn + i) << self.page_shift, "page descriptor past the end "
+                                        "of the file" + self.incomplete_note)
             data_offset, size, flags, _ = descriptors[i - low]
+            if data_offset in zero_offsets:
+                pages[i] = self.zero_page
+                cache.put(pfn + i, self.zero_page)
+                continue
             if data_offset < 0 or size == 0 or size > block_size:
-                raise MemoryUnavailable(address, f"corrupt page data: descriptor says {size} bytes "
-                                                 f"at {data_offset:#x} (block size {block_size})")
-            if data_offset + size > self.source.size:
-                raise MemoryUnavailable(address, f"page data at {data_offset:#x} lies past the end "
-                                                 f"of the file" + self.incomplete_note)
-            group = groups[-1] if groups else None
+                raise MemoryUnavailable((pfn + i) << self.page_shift, f"corrupt page data: "
+                                        f"descriptor says {size} bytes at {data_offset:#x} "
+                                        f"(block size {block_size})")
+            if data_offset + size > file_size:
+                raise MemoryUnavailable((pfn + i) << self.page_shift, f"page data at "
+                                        f"{data_offset:#x} lies past the end of the file"
+                                        + self.incomplete_note)
             if group and group[0] + group[1] == data_offset and group[1] + size <= MAX_COALESCED_READ:
                 group[1] += size
                 group[2].append((i, size, flags))
             else:
-                groups.append([data_offset, size, [(i, size, flags)]])
+                group = [data_offset, size, [(i, size, flags)]]
+                groups.append(group)
 
+        decompress = zlib.decompress
         for data_offset, group_length, members in groups:
             blob = memoryview(self.source.read(data_offset, group_length))
             position = 0
             for i, size, flags in members:
-                address = (pfn + i) << self.page_shift
                 raw = blob[position:position + size]
-                position += size
                 if len(raw) < size:
-                    raise MemoryUnavailable(address, "page data past the end of the file"
-                                            + self.incomplete_note)
-                page = self._decode(raw, flags, address)
+                    raise MemoryUnavailable((pfn + i) << self.page_shift, "page data past the end "
+                                            "of the file" + self.incomplete_note)
+                page = None
+                if flags == DUMP_DH_COMPRESSED_ZLIB:     # the common case, without the dispatch
+                    try:
+                        page = decompress(raw, 15, block_size)
+                    except zlib.error:
+                        pass
+                    if page is None or len(page) != block_size:
+                        page = None
+                if page is None:
+                    page = self._decode(raw, flags, (pfn + i) << self.page_shift)
+                if flags == 0 and page == self.zero_page:
+                    page = self.zero_page
+                    if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
+                        zero_offsets.add(data_offset + position)
+                position += size
                 pages[i] = page
                 cache.put(pfn + i, page)
         return pages
