@@ -1,0 +1,109 @@
+"""Shared fixtures: real FUSE mounts through the real `dumpfs` command, and fixture paths.
+
+Every mount made here is unmounted at the end of the session, whatever the
+tests did; an atexit hook catches a session that dies before teardown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fixturecache
+
+DUMPFS = [sys.executable, "-m", "dumpfs"]
+_live_mounts: set[Path] = set()
+
+
+def run_dumpfs(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`dumpfs ARGS...` as a user would run it; text output captured."""
+    return subprocess.run([*DUMPFS, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
+def unmount(path: Path) -> None:
+    """Unmount if still mounted; lazily as a last resort so nothing is left behind."""
+    for command in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
+        if not is_mounted(path):
+            break
+        subprocess.run([*command, str(path)], capture_output=True)
+    _live_mounts.discard(Path(path))
+
+
+def track_mount(path: Path) -> Path:
+    """Remember a mountpoint so the session unmounts it even if the test fails."""
+    _live_mounts.add(Path(path))
+    return Path(path)
+
+
+@atexit.register
+def _unmount_everything() -> None:
+    for path in list(_live_mounts):
+        unmount(path)
+
+
+def _require_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: these tests need FUSE "
+                    "(modprobe fuse; in a container: --device /dev/fuse --cap-add SYS_ADMIN)")
+
+
+@pytest.fixture(scope="session")
+def fixture_path():
+    """fixture_path(folder, file) -> the unpacked fixture (fails loudly when absent)."""
+    def get(folder: str, name: str) -> Path:
+        if not (fixturecache.FIXTURES / folder / name).exists():
+            pytest.fail(f"fixture {folder}/{name} not found under {fixturecache.FIXTURES}")
+        return fixturecache.unpacked(folder, name)
+    return get
+
+
+@pytest.fixture(scope="session")
+def mount(tmp_path_factory):
+    """mount(*sources, options=()) -> mountpoint of `dumpfs mount` of those sources.
+
+    The same arguments reuse the same mount for the whole session.
+    """
+    _require_fuse()
+    mounts: dict[tuple, Path] = {}
+
+    def do_mount(*sources, options=()) -> Path:
+        key = (tuple(str(s) for s in sources), tuple(options))
+        if key in mounts:
+            return mounts[key]
+        mountpoint = tmp_path_factory.mktemp("mnt")
+        opts = [arg for option in options for arg in ("-o", option)]
+        done = run_dumpfs("mount", *opts, *sources, mountpoint, timeout=120)
+        if is_mounted(mountpoint):
+            track_mount(mountpoint)
+        if done.returncode != 0:
+            pytest.fail(f"dumpfs mount {' '.join(key[0])} failed ({done.returncode}): "
+                        f"{done.stderr.strip()}")
+        assert is_mounted(mountpoint), "dumpfs mount returned 0 but nothing is mounted"
+        mounts[key] = mountpoint
+        return mountpoint
+
+    yield do_mount
+    for mountpoint in mounts.values():
+        unmount(mountpoint)
+
+
+@pytest.fixture
+def mountpoint(tmp_path):
+    """An empty directory for a test's own mount; unmounted afterwards if the test left it."""
+    _require_fuse()
+    path = track_mount(tmp_path / "mnt")
+    path.mkdir()
+    yield path
+    unmount(path)
