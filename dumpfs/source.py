@@ -17,6 +17,7 @@ class Source:
 
     name: str
     size: int
+    is_block_device: bool = False     # block size and device layout questions apply
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset`; short only at the end of the source."""
@@ -53,6 +54,7 @@ class FileSource(Source):
         except OSError as e:
             raise DumpError(f"{path}: cannot open: {e.strerror}") from None
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def read(self, offset: int, length: int) -> bytes:

@@ -82,3 +82,117 @@ ARCH = Arch(
     page_size=4096,
     decode_registers=decode_registers,
 )
+
+
+# -- the store-status save area in a CPU's prefix (lowcore) page --------------------------
+#
+# Memory-image formats (s390, s390_ext, tape, LKCD) have no register records:
+# the dump tool stores each CPU's status into lowcore 0x1200-0x13FF of that
+# CPU's prefix page, and `zgetdump -f s390` writes them there from ELF notes.
+
+LOWCORE_SIZE = 0x2000               # the 8 KiB prefix area
+SAVE_AREA_OFFSET = 0x1200           # where STORE STATUS puts the registers
+LOWCORE_VECTOR_SAVE_AREA = 0x11B0   # u64: address of the 512-byte vector save area, 0 = none
+VECTOR_SAVE_AREA_SIZE = 512         # V0-V31, 16 bytes each
+
+# struct lowcore 0x1200-0x13FF (arch/s390/include/asm/lowcore.h), offsets relative to 0x1200
+SaveArea = Struct(
+    "floating_pt_save_area" / Array(16, Int64ub),   # 0x1200 F0-F15
+    "gpregs_save_area" / Array(16, Int64ub),        # 0x1280 R0-R15
+    "psw_mask" / Int64ub,                           # 0x1300 PSW bytes 0-7
+    "psw_addr" / Int64ub,                           # 0x1308 PSW bytes 8-15
+    "pad_0x1310" / Bytes(8),                        # 0x1310 unused
+    "prefixreg_save_area" / Int32ub,                # 0x1318 prefix register
+    "fpt_creg_save_area" / Int32ub,                 # 0x131C floating-point control
+    "pad_0x1320" / Bytes(4),                        # 0x1320 unused
+    "tod_progreg_save_area" / Int32ub,              # 0x1324 TOD programmable register
+    "cpu_timer_save_area" / Int64ub,                # 0x1328 CPU timer
+    "clock_comp_save_area" / Int64ub,               # 0x1330 clock comparator (store-status form, >> 8)
+    "pad_0x1338" / Bytes(8),                        # 0x1338 unused
+    "access_regs_save_area" / Array(16, Int32ub),   # 0x1340 A0-A15
+    "cregs_save_area" / Array(16, Int64ub),         # 0x1380 C0-C15
+)
+SAVE_AREA_SIZE = SaveArea.sizeof()  # 0x200
+
+
+def has_vector_save_area(address: int) -> bool:
+    """The dumper and zgetdump use the pointer only when non-zero and 1 KiB aligned."""
+    return address != 0 and address % 1024 == 0
+
+
+def registers_from_save_area(save_area: bytes, vector_save_area: bytes | None = None) -> dict[str, int]:
+    """Registers from lowcore 0x1200-0x13FF (and the 512-byte vector save area, if any)."""
+    s = SaveArea.parse(save_area[:SAVE_AREA_SIZE])
+    regs = {"psw_mask": s.psw_mask, "psw_addr": s.psw_addr}
+    regs.update((f"r{i}", v) for i, v in enumerate(s.gpregs_save_area))
+    regs.update((f"a{i}", v) for i, v in enumerate(s.access_regs_save_area))
+    regs.update((f"c{i}", v) for i, v in enumerate(s.cregs_save_area))
+    regs.update(prefix=s.prefixreg_save_area, cpu_timer=s.cpu_timer_save_area,
+                clock_comparator=s.clock_comp_save_area, todpreg=s.tod_progreg_save_area,
+                fpc=s.fpt_creg_save_area)
+    regs.update((f"f{i}", v) for i, v in enumerate(s.floating_pt_save_area))
+    if vector_save_area is not None and len(vector_save_area) >= VECTOR_SAVE_AREA_SIZE:
+        regs.update((f"v{i}", _u(vector_save_area[16 * i:], 16)) for i in range(32))
+    return {name: regs[name] for name in REGISTER_ORDER if name in regs}
+
+
+def save_area_from_registers(regs: dict[str, int], original: bytes) -> bytes:
+    """`original` with the registers written over it, field for field as zgetdump's cpu2lc_64.
+
+    Like zgetdump, the TOD programmable register is not written (the original
+    bytes stay), nor are the unused fields.
+    """
+    s = SaveArea.parse(original[:SAVE_AREA_SIZE])
+    s.floating_pt_save_area = [regs.get(f"f{i}", 0) for i in range(16)]
+    s.gpregs_save_area = [regs.get(f"r{i}", 0) for i in range(16)]
+    s.psw_mask, s.psw_addr = regs.get("psw_mask", 0), regs.get("psw_addr", 0)
+    s.prefixreg_save_area = regs.get("prefix", 0)
+    s.fpt_creg_save_area = regs.get("fpc", 0)
+    s.cpu_timer_save_area = regs.get("cpu_timer", 0)
+    s.clock_comp_save_area = regs.get("clock_comparator", 0)
+    s.access_regs_save_area = [regs.get(f"a{i}", 0) for i in range(16)]
+    s.cregs_save_area = [regs.get(f"c{i}", 0) for i in range(16)]
+    return SaveArea.build(s)
+
+
+def vector_save_area_from_registers(regs: dict[str, int]) -> bytes | None:
+    if "v0" not in regs:
+        return None
+    return b"".join(regs.get(f"v{i}", 0).to_bytes(16, "big") for i in range(32))
+
+
+# -- the kernel's per-CPU note group, for dumps whose registers come from memory ----------
+
+PRSTATUS_SIZE = 336
+PR_PID_OFFSET = 0x20
+
+
+def notes_from_registers(regs: dict[str, int], number: int = 0) -> list:
+    """NT_PRSTATUS ... NT_S390_VXRS_HIGH as zgetdump's ELF writer emits them (pr_pid = number + 1)."""
+    from dumpfs.model import Note
+
+    def u64s(names):
+        return b"".join(regs.get(n, 0).to_bytes(8, "big") for n in names)
+
+    prstatus = bytearray(PRSTATUS_SIZE)
+    prstatus[PR_PID_OFFSET:PR_PID_OFFSET + 4] = (number + 1).to_bytes(4, "big")
+    prstatus[PR_REG_OFFSET:PR_REG_OFFSET + S390Regs.sizeof()] = S390Regs.build(dict(
+        psw_mask=regs.get("psw_mask", 0), psw_addr=regs.get("psw_addr", 0),
+        gprs=[regs.get(f"r{i}", 0) for i in range(16)],
+        acrs=[regs.get(f"a{i}", 0) for i in range(16)]))
+    fpregs = S390FpRegs.build(dict(fpc=regs.get("fpc", 0), pad=bytes(4),
+                                   fprs=[regs.get(f"f{i}", 0) for i in range(16)]))
+    notes = [
+        Note("CORE", NT_PRSTATUS, bytes(prstatus)),
+        Note("CORE", NT_PRFPREG, fpregs),
+        Note("LINUX", NT_S390_TIMER, u64s(["cpu_timer"])),
+        Note("LINUX", NT_S390_TODCMP, u64s(["clock_comparator"])),
+        Note("LINUX", NT_S390_TODPREG, regs.get("todpreg", 0).to_bytes(4, "big")),
+        Note("LINUX", NT_S390_CTRS, u64s([f"c{i}" for i in range(16)])),
+        Note("LINUX", NT_S390_PREFIX, regs.get("prefix", 0).to_bytes(4, "big")),
+    ]
+    if "v0" in regs:
+        low = b"".join((regs.get(f"v{i}", 0) & (2**64 - 1)).to_bytes(8, "big") for i in range(16))
+        high = b"".join(regs.get(f"v{i}", 0).to_bytes(16, "big") for i in range(16, 32))
+        notes += [Note("LINUX", NT_S390_VXRS_LOW, low), Note("LINUX", NT_S390_VXRS_HIGH, high)]
+    return notes

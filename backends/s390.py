@@ -1,0 +1,546 @@
+"""IBM Z stand-alone dumps, single volume: plain `s390` and segmented `s390_ext`.
+
+Written by the dump tools `zipl -d` installs on ECKD and FBA DASD, and (plain,
+version 5) by `zgetdump -f s390`.  The dump starts at offset 0 of an image or
+a dump partition, or behind the dump tool on a whole disk (ECKD CDL/LDL, FBA:
+the zipl boot info says where the partition starts).
+
+Memory: plain = one flat image, address A at dump offset 0x1000 + A.
+s390_ext = segment headers each followed by raw data (v1, v2) or by 1 MiB
+zlib entries (v2); omitted megabytes are zero.  Registers live in each CPU's
+prefix page (the header's lc_vec), see `dumpfs.arch.s390x`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+
+from dumpfs.arch import s390x
+from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
+                          PageCache, PageState)
+from dumpfs.source import Source
+
+NAME = "s390"
+
+MAGIC_S390 = 0xA8190173618F23FD        # plain
+MAGIC_S390_EXT = 0xA8190173618F23FE    # extended (segments), also the multi-volume signature
+HEADER_SIZE = 0x1000
+SEGMENT_HEADER_SIZE = 0x1000
+CPU_MAX = 512
+ARCH_S390X = 2
+END_MARKER_MAGIC = b"DUMP_END"
+ENTRY_UNCOMPRESSED = 0x80000000        # entry_offset bit 31: stored raw
+ENTRY_MAX = (SEGMENT_HEADER_SIZE - 0x34) // 4
+MAX_MEM_SIZE = 1 << 50                 # 1 PiB: more than any IBM Z machine has
+TOD_UNIX_EPOCH = 0x7D91048BCA000000    # TOD clock value of 1970-01-01 00:00 UTC
+BLKSSZGET = 0x1268                     # ioctl: logical block size of a block device
+DEFAULT_BLOCK_SIZE = 4096              # ECKD dump partitions have 4 KiB blocks
+
+# struct df_s390_hdr (include/dump/s390_dump.h), 4096 bytes, big-endian, packed
+DumpHeader = Struct(
+    "magic" / Int64ub,              # 0x000 ...23FD plain, ...23FE extended
+    "version" / Int32ub,            # 0x008 5 from zgetdump, 1/2 for s390_ext v1/v2
+    "hdr_size" / Int32ub,           # 0x00C 0x1000
+    "dump_level" / Int32ub,         # 0x010 always 4
+    "page_size" / Int32ub,          # 0x014 4096
+    "mem_size" / Int64ub,           # 0x018 bytes of memory dumped, from address 0
+    "mem_start" / Int64ub,          # 0x020 0
+    "mem_end" / Int64ub,            # 0x028 mem_size (dumpers) or mem_size - 1 (some zgetdump)
+    "num_pages" / Int32ub,          # 0x030 mem_size / 4096
+    "pad" / Int32ub,                # 0x034
+    "tod" / Int64ub,                # 0x038 TOD clock when the dump started
+    "cpu_id" / Int64ub,             # 0x040 STIDP of the dumping CPU
+    "arch" / Int32ub,               # 0x048 1 = s390 (31 bit), 2 = s390x
+    "volnr" / Int32ub,              # 0x04C volume number (multi-volume)
+    "build_arch" / Int32ub,         # 0x050 architecture of the dump tool, 0 = not set
+    "mem_size_real" / Int64ub,      # 0x054 real memory size the dumper found
+    "mvdump" / Int8ub,              # 0x05C 1 = multi-volume dumper
+    "cpu_cnt" / Int16ub,            # 0x05D valid entries in lc_vec
+    "real_cpu_cnt" / Int16ub,       # 0x05F CPUs the dumper found
+    "zlib_version_s390" / Int8ub,   # 0x061 1 = compression allowed (v2)
+    "zlib_entry_size" / Int32ub,    # 0x062 uncompressed size of one zlib entry (1 MiB)
+    Padding(0x200 - 0x66),          # 0x066 end_pad1
+    "mvdump_sign" / Int64ub,        # 0x200 ...23FE on volumes prepared by zipl -M
+    "mvdump_zipl_time" / Int64ub,   # 0x208 unused
+    Padding(0x800 - 0x210),         # 0x210 end_pad2
+    "lc_vec" / Array(CPU_MAX, Int32ub),   # 0x800 prefix register of each CPU
+)
+assert DumpHeader.sizeof() == HEADER_SIZE
+
+# struct df_s390_dump_segm_hdr, 4096 bytes in front of every segment's data (hot: struct)
+SEGMENT_FORMAT = ">QQQI20xI"    # start, len, stop_marker, size_on_disk, reserved_pad, entry_count
+SEGMENT_ENTRIES = 0x34          # entry_offset[entry_count], u32 each
+
+# struct df_s390_em, right after the memory (plain) or the last segment (extended)
+EndMarker = Struct(
+    "str" / Bytes(8),               # "DUMP_END"
+    "tod" / Int64ub,                # TOD clock when the dump finished
+)
+
+# zipl boot info (struct boot_info), on disks prepared with zipl -d
+BootInfo = Struct(
+    "magic" / Bytes(4),             # "zIPL"
+    "version" / Int8ub,             # 1
+    "bp_type" / Int8ub,             # 1 = dump
+    "dev_type" / Int8ub,            # 0 = ECKD, 1 = FBA, 2 = SCSI
+    "flags" / Int8ub,               # 0x01 = s390x
+    "param" / Bytes(16),            # eckd_dump_param or fba_dump_param
+)
+EckdDumpParam = Struct(
+    "blk_start" / Int32ub,          # first 4 KiB block of the dump partition
+    "blk_end" / Int32ub,            # last block of the dump partition
+    "blk_size" / Int16ub,           # 4096
+    "num_heads" / Int8ub,
+    "bpt" / Int8ub,                 # blocks per track
+)
+FbaDumpParam = Struct(
+    "res1" / Int32ub,
+    "blk_start" / Int32ub,          # first 512-byte block of the dump partition
+    "res2" / Int32ub,
+    "blk_end" / Int32ub,            # last block usable by the dump
+)
+BOOT_INFO_ECKD_CDL = 0x1000 + 92    # block 1 (IPL2): stage 1, boot info in its last 40 bytes
+BOOT_INFO_BLOCK0 = 0x70             # ECKD LDL and FBA: after stage 0 (and stage 1 on LDL)
+BP_TYPE_DUMP, DEV_ECKD, DEV_FBA = 1, 0, 1
+DUMPER_MAGICS = (b"XECKD64", b"XDFBA64", b"XMULT64", b"ZECKD64", b"ZDFBA64")
+
+
+def detect(source: Source) -> bool:
+    head = source.read(0, 8)
+    if len(head) == 8 and struct.unpack(">Q", head)[0] in (MAGIC_S390, MAGIC_S390_EXT):
+        return True
+    return _device_layout(source) is not None or _empty_dump_partition(source) is not None
+
+
+# -- where the dump is ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    base: int               # source offset of the dump header
+    description: str        # for `info` and error messages
+
+
+def _boot_info(source: Source, offset: int):
+    raw = source.read(offset, BootInfo.sizeof())
+    if len(raw) < BootInfo.sizeof():
+        return None
+    info = BootInfo.parse(raw)
+    if info.magic != b"zIPL" or info.bp_type != BP_TYPE_DUMP or info.dev_type not in (DEV_ECKD, DEV_FBA):
+        return None
+    return info
+
+
+def _device_layout(source: Source) -> Layout | None:
+    """A whole DASD (or its image) with a zipl dump record: where its dump partition starts."""
+    if source.read(0, 4) == b"\x7fELF":
+        return None
+    info = _boot_info(source, BOOT_INFO_ECKD_CDL)
+    if info is not None and info.dev_type == DEV_ECKD:
+        param = EckdDumpParam.parse(info.param)
+        if param.blk_size in (512, 1024, 2048, 4096) and param.blk_start:
+            return Layout(param.blk_start * param.blk_size,
+                          f"ECKD CDL disk, dump partition at block {param.blk_start}")
+    info = _boot_info(source, BOOT_INFO_BLOCK0)
+    if info is not None and info.dev_type == DEV_ECKD:
+        param = EckdDumpParam.parse(info.param)
+        if param.blk_size in (512, 1024, 2048, 4096):
+            start = param.blk_start or 3
+            return Layout(start * param.blk_size, f"ECKD LDL disk, dump partition at block {start}")
+    if info is not None and info.dev_type == DEV_FBA:
+        param = FbaDumpParam.parse(info.param)
+        if param.blk_start:
+            return Layout(param.blk_start * 512,
+                          f"FBA disk, dump partition at 512-byte block {param.blk_start}")
+    return None
+
+
+def _empty_dump_partition(source: Source) -> str | None:
+    """What a prepared but unused dump partition looks like at its start, if it does."""
+    head = source.read(0, 0x208)
+    if head[:7] in DUMPER_MAGICS:
+        return f"the dump tool {head[:7].decode()} v{head[7]} is at its start (LDL: a dump overwrites it)"
+    if len(head) == 0x208 and not any(head[:0x200]) and \
+            struct.unpack_from(">Q", head, 0x200)[0] == MAGIC_S390_EXT:
+        return "prepared for a multi-volume dump (zipl -M), no dump written yet"
+    return None
+
+
+def _dump_tool(source: Source, layout: Layout) -> str | None:
+    """The dump tool's name and version, where the layout keeps it."""
+    for offset in (3 * 4096, source.size - 0x3000):
+        head = source.read(offset, 8) if offset >= 0 else b""
+        if head[:7] in DUMPER_MAGICS and offset != layout.base:
+            return f"{head[:7].decode()} v{head[7]}"
+    return None
+
+
+def block_size(source: Source) -> int:
+    """The device block size (zgetdump: BLKSSZGET); 4 KiB for image files."""
+    if source.is_block_device and hasattr(source, "fd"):
+        try:
+            size = struct.unpack("i", fcntl.ioctl(source.fd, BLKSSZGET, bytes(4)))[0]
+            if size in (512, 1024, 2048, 4096):
+                return size
+        except OSError:
+            pass
+    return DEFAULT_BLOCK_SIZE
+
+
+# -- segments of s390_ext -------------------------------------------------------------------
+
+@dataclass
+class Segment:
+    number: int
+    start: int              # absolute address of the first byte
+    length: int             # memory bytes in the segment
+    data: int               # source offset of its data (after the segment header)
+    stored: int             # bytes of data the source really holds (less if cut off)
+    size_on_disk: int       # bytes on disk if compressed, else 0
+    entries: tuple[int, ...] = ()
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class S390Dump:
+    """Reads one single-volume dump: header, segments, end marker, memory, save areas."""
+
+    def __init__(self, source: Source, layout: Layout):
+        self.source = source
+        self.base = layout.base
+        self.layout = layout
+        self.problems: list[str] = []
+        self.block_size = block_size(source)
+        self.cache = PageCache(capacity=64)     # decoded 1 MiB zlib entries
+        raw = source.read(self.base, HEADER_SIZE)
+        if len(raw) < HEADER_SIZE:
+            raise DumpError(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
+                            f"needs 4096 bytes, the source ends at {source.size:#x}")
+        self.hdr = hdr = DumpHeader.parse(raw)
+        self.extended = hdr.magic == MAGIC_S390_EXT
+        where = f"{source.name}: s390 dump header" + (f" at {self.base:#x}" if self.base else "")
+        if hdr.arch != ARCH_S390X:
+            raise DumpError(f"{where}: arch {hdr.arch} "
+                            f"({'31-bit s390' if hdr.arch == 1 else 'unknown'}); only s390x (2) is supported")
+        if hdr.build_arch not in (0, ARCH_S390X):
+            raise DumpError(f"{where}: build_arch {hdr.build_arch} is not s390x")
+        if hdr.cpu_cnt > CPU_MAX:
+            raise DumpError(f"{where}: cpu_cnt {hdr.cpu_cnt} exceeds the {CPU_MAX} lc_vec entries")
+        if hdr.mem_size == 0 or hdr.mem_size > MAX_MEM_SIZE:
+            raise DumpError(f"{where}: mem_size {hdr.mem_size:#x} is absurd")
+        if hdr.zlib_version_s390 and hdr.version != 2:
+            raise DumpError(f"{where}: zlib_version_s390 {hdr.zlib_version_s390} "
+                            f"with header version {hdr.version} (only version 2 compresses)")
+        if hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr):
+            raise DumpError(f"{where}: volume {hdr.volnr} of a multi-volume dump; "
+                            f"open the whole multi-volume set instead")
+        self.mem_size = hdr.mem_size
+        self.segments: list[Segment] = []
+        if self.extended:
+            end_marker_offset = self._walk_segments()
+        else:
+            end_marker_offset = self.base + HEADER_SIZE + self.mem_size
+            stored = max(0, min(self.mem_size, source.size - self.base - HEADER_SIZE))
+            if stored < self.mem_size:
+                self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: "
+                                     f"the source ends at {source.size:#x}")
+                end_marker_offset = None
+            self.segments.append(Segment(0, 0, self.mem_size, self.base + HEADER_SIZE, stored, 0))
+        self.end_tod = self._check_end_marker(end_marker_offset)
+
+    def _walk_segments(self) -> int | None:
+        """Reads every segment header; returns where the end marker should be, None if nowhere.
+
+        Each step moves on by at least one 4 KiB header, and a header that
+        is empty, out of order or past the source stops the walk: no hang on
+        zeros or stale data after an interrupted dump.
+        """
+        source, hdr = self.source, self.hdr
+        offset = self.base + HEADER_SIZE
+        previous_end = 0
+        for number in range(source.size // SEGMENT_HEADER_SIZE + 1):
+            raw = source.read(offset, SEGMENT_HEADER_SIZE)
+            what = f"segment header #{number} at {offset:#x}"
+            if len(raw) < SEGMENT_HEADER_SIZE:
+                self.problems.append(f"{what} is missing: the source ends at {source.size:#x}")
+                return None
+            start, length, stop_marker, size_on_disk, entry_count = struct.unpack_from(SEGMENT_FORMAT, raw)
+            data = offset + SEGMENT_HEADER_SIZE
+            if length == 0:
+                if stop_marker:         # the dumper's empty last segment: no data
+                    return data
+                self.problems.append(f"{what} is empty and not the last one: "
+                                     f"the dump was interrupted")
+                return None
+            if start + length > self.mem_size:
+                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} lies past "
+                                     f"mem_size {self.mem_size:#x}; the segments end here")
+                return None
+            entries: tuple[int, ...] = ()
+            if size_on_disk:
+                unit = hdr.zlib_entry_size
+                if hdr.version != 2 or not unit:
+                    self.problems.append(f"{what}: compressed, but the header (version {hdr.version}, "
+                                         f"zlib_entry_size {unit}) allows no compression")
+                    return None
+                if entry_count != -(-length // unit) or entry_count > ENTRY_MAX:
+                    self.problems.append(f"{what}: entry_count {entry_count} does not fit "
+                                         f"{length:#x} bytes in {unit:#x}-byte entries")
+                    return None
+                entries = struct.unpack_from(f">{entry_count}I", raw, SEGMENT_ENTRIES)
+                on_disk = size_on_disk * self.block_size
+            else:
+                on_disk = length
+            stored = max(0, min(on_disk, source.size - data))
+            if start < previous_end:
+                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} overlaps the "
+                                     f"previous segment (ends {previous_end:#x}); its overlapping "
+                                     f"part is ignored")
+            segment = Segment(number, start, length, data, stored, on_disk if size_on_disk else 0, entries)
+            self.segments.append(segment)
+            previous_end = max(previous_end, start + length)
+            if stored < on_disk:
+                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} is cut off: "
+                                     f"{on_disk:#x} bytes of data, the source ends after {stored:#x}")
+                return None
+            offset = data + on_disk
+            if stop_marker:
+                return offset
+        self.problems.append("more segment headers than the source can hold")
+        return None
+
+    def _check_end_marker(self, offset: int | None) -> int | None:
+        if offset is None:
+            self.problems.append("no end marker: the dump was interrupted"
+                                 if self.extended or not self.problems else
+                                 "no end marker: the source ends before it")
+            return None
+        raw = self.source.read(offset, EndMarker.sizeof())
+        if len(raw) < EndMarker.sizeof():
+            self.problems.append(f"no end marker at {offset:#x}: the source ends at {self.source.size:#x}")
+            return None
+        marker = EndMarker.parse(raw)
+        if marker.str != END_MARKER_MAGIC:
+            self.problems.append(f"no end marker at {offset:#x} (found {raw[:8].hex(' ')}): "
+                                 f"the dump was interrupted")
+            return None
+        if marker.tod < self.hdr.tod:
+            self.problems.append(f"end marker at {offset:#x} is older than the header "
+                                 f"(tod {marker.tod:#x} < {self.hdr.tod:#x})")
+            return None
+        return marker.tod
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def chunks(self) -> list[MemoryChunk]:
+        """Segments as chunks; gaps between them are zero (omitted), after an interruption unknown."""
+        chunks: list[MemoryChunk] = []
+        covered = 0
+        for segment in self.segments:
+            start = max(segment.start, covered)
+            if start >= segment.end:
+                continue
+            if start > covered:
+                chunks.append(MemoryChunk(covered, start - covered, PageState.ZERO))
+            skip = start - segment.start
+            present = self._present(segment)
+            if present > skip:
+                chunks.append(MemoryChunk(start, present - skip, PageState.PRESENT,
+                                          self._reader(segment, skip)))
+            if present < segment.length:
+                chunks.append(MemoryChunk(segment.start + max(present, skip),
+                                          segment.length - max(present, skip), PageState.EXCLUDED))
+            covered = segment.end
+        if covered < self.mem_size:
+            state = PageState.ZERO if self.end_tod is not None else PageState.EXCLUDED
+            chunks.append(MemoryChunk(covered, self.mem_size - covered, state))
+        return chunks
+
+    def _present(self, segment: Segment) -> int:
+        """Memory bytes of the segment whose data the source holds."""
+        if not segment.size_on_disk:
+            return segment.stored
+        ends = [(e & ~ENTRY_UNCOMPRESSED) * self.block_size for e in segment.entries[1:]]
+        ends.append(segment.size_on_disk)
+        complete = 0
+        while complete < len(ends) and ends[complete] <= segment.stored:
+            complete += 1
+        return min(segment.length, complete * self.hdr.zlib_entry_size)
+
+    def _reader(self, segment: Segment, skip: int):
+        if not segment.size_on_disk:
+            read, data = self.source.read, segment.data + skip
+
+            def read_raw(offset: int, length: int) -> bytes:
+                got = read(data + offset, length)
+                if len(got) < length:
+                    raise MemoryUnavailable(segment.start + skip + offset + len(got),
+                                            "the source ends inside the segment")
+                return got
+            return read_raw
+
+        def read_zlib(offset: int, length: int) -> bytes:
+            return self._read_entries(segment, skip + offset, length)
+        return read_zlib
+
+    def _read_entries(self, segment: Segment, offset: int, length: int) -> bytes:
+        unit = self.hdr.zlib_entry_size
+        parts = []
+        while length > 0:
+            index, inner = divmod(offset, unit)
+            entry = self._entry(segment, index)
+            part = entry[inner:inner + length]
+            parts.append(part)
+            offset += len(part)
+            length -= len(part)
+        return b"".join(parts)
+
+    def _entry(self, segment: Segment, index: int) -> bytes:
+        key = (segment.number, index)
+        data = self.cache.get(key)
+        if data is not None:
+            return data
+        unit = self.hdr.zlib_entry_size
+        address = segment.start + index * unit
+        size = min(unit, segment.length - index * unit)
+        value = segment.entries[index]
+        start = (value & ~ENTRY_UNCOMPRESSED) * self.block_size
+        if index + 1 < len(segment.entries):
+            limit = (segment.entries[index + 1] & ~ENTRY_UNCOMPRESSED) * self.block_size
+        else:
+            limit = segment.size_on_disk
+        if value & ENTRY_UNCOMPRESSED:
+            limit = start + size
+        if not start < limit <= segment.stored:
+            raise MemoryUnavailable(address, f"zlib entry {index} of segment #{segment.number} "
+                                             f"has a bad offset {value:#x}")
+        raw = self.source.read(segment.data + start, min(limit - start, size + 0x10000))
+        if value & ENTRY_UNCOMPRESSED:
+            data = raw
+        else:
+            try:
+                data = zlib.decompressobj().decompress(raw, size)
+            except zlib.error as e:
+                raise MemoryUnavailable(address, f"zlib entry {index} of segment "
+                                                 f"#{segment.number} is corrupt: {e}") from None
+        if len(data) != size:
+            raise MemoryUnavailable(address, f"entry {index} of segment #{segment.number} holds "
+                                             f"{len(data):#x} of {size:#x} bytes")
+        self.cache.put(key, data)
+        return data
+
+    # -- CPUs -----------------------------------------------------------------------------
+
+    def cpus(self, memory: Memory) -> dict[int, Cpu]:
+        """Registers from each CPU's save area; numbered in lc_vec order.
+
+        The format has no reliable CPU address (lowcore 0x84 is the
+        external-interrupt CPU address, not the CPU's own), so CPU i is
+        lc_vec[i], like zgetdump's pr_pid i + 1.
+        """
+        cpus = {}
+        for number, prefix in enumerate(self.hdr.lc_vec[:self.hdr.cpu_cnt]):
+            try:
+                if prefix + s390x.LOWCORE_SIZE > self.mem_size:
+                    raise MemoryUnavailable(prefix, f"lies past mem_size {self.mem_size:#x}")
+                save_area = memory.read_physical(prefix + s390x.SAVE_AREA_OFFSET, s390x.SAVE_AREA_SIZE)
+                pointer = struct.unpack(">Q", memory.read_physical(
+                    prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
+            except MemoryUnavailable as e:
+                self.problems.append(f"CPU {number}: prefix page {prefix:#x} unreadable ({e.reason}); "
+                                     f"no registers")
+                cpus[number] = Cpu(number, {"prefix": prefix})
+                continue
+            vector = None
+            if s390x.has_vector_save_area(pointer):
+                try:
+                    vector = memory.read_physical(pointer, s390x.VECTOR_SAVE_AREA_SIZE)
+                except MemoryUnavailable as e:
+                    self.problems.append(f"CPU {number}: vector save area {pointer:#x} unreadable "
+                                         f"({e.reason})")
+            registers = s390x.registers_from_save_area(save_area, vector)
+            cpus[number] = Cpu(number, registers, s390x.notes_from_registers(registers, number))
+        return cpus
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def meta(self) -> DumpMeta:
+        hdr = self.hdr
+        details: dict[str, object] = {"version": hdr.version}
+        if self.base or self.layout.description != "image":
+            details["layout"] = self.layout.description
+            tool = _dump_tool(self.source, self.layout)
+            if tool:
+                details["dump tool"] = tool
+        if self.end_tod is not None and tod_to_datetime(self.end_tod):
+            details["dump ended"] = tod_to_datetime(self.end_tod).isoformat()
+        details["dump_end_tod"] = self.end_tod
+        if hdr.cpu_id:
+            details["cpu_id"] = hdr.cpu_id
+        details["real_cpu_cnt"] = hdr.real_cpu_cnt
+        details["mem_size"] = hdr.mem_size
+        details["mem_size_real"] = hdr.mem_size_real
+        details["build_arch"] = hdr.build_arch
+        details["lc_vec"] = [f"{p:#x}" for p in hdr.lc_vec[:hdr.cpu_cnt]]
+        compression = None
+        if self.extended:
+            details["dump file size"] = sum(s.size_on_disk or s.length for s in self.segments)
+            details["segments"] = len(self.segments)
+            details["block size"] = self.block_size
+            if any(s.size_on_disk for s in self.segments):
+                compression = "zlib"
+            if hdr.zlib_version_s390:
+                details["zlib_entry_size"] = hdr.zlib_entry_size
+        if self.extended or hdr.build_arch:
+            writer = "stand-alone dump tool"
+        else:
+            writer = "zgetdump -f s390 (or an old stand-alone dump tool)"
+        return DumpMeta(format="s390_ext" if self.extended else "s390", writer=writer,
+                        dump_time=tod_to_datetime(hdr.tod), complete=not self.problems,
+                        dump_level=None, compression=compression, details=details,
+                        problems=self.problems)
+
+
+def tod_to_datetime(tod: int) -> datetime | None:
+    """TOD clock to UTC time; zgetdump ignores times whose seconds are 0 (not set)."""
+    if tod < TOD_UNIX_EPOCH:
+        return None
+    microseconds = (tod - TOD_UNIX_EPOCH) >> 12
+    if microseconds < 1_000_000:
+        return None
+    return datetime.fromtimestamp(microseconds / 1e6, timezone.utc)
+
+
+def datetime_to_tod(when: datetime) -> int:
+    microseconds = round(when.timestamp() * 1_000_000)
+    return (microseconds << 12) + TOD_UNIX_EPOCH
+
+
+def open(source: Source) -> Dump:
+    layout = Layout(0, "image")
+    head = source.read(0, 8)
+    if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
+        empty = _empty_dump_partition(source)
+        if empty:
+            raise DumpError(f"no dump on {source.name}: {empty}")
+        layout = _device_layout(source)
+        if layout is None:
+            raise DumpError(f"{source.name}: not an s390 dump")
+        head = source.read(layout.base, 8)
+        if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
+            tool = _dump_tool(source, layout)
+            state = "holds zeros" if not any(source.read(layout.base, 0x1000)) else \
+                f"starts with {head.hex(' ')}, not a dump header"
+            raise DumpError(f"no dump on {source.name}: {layout.description}"
+                            f"{f' with dump tool {tool}' if tool else ''}; the partition {state}")
+    reader = S390Dump(source, layout)
+    memory = Memory(reader.chunks)
+    cpus = reader.cpus(memory)
+    return Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=reader.meta())
