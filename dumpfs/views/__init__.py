@@ -5,6 +5,8 @@
     vmcoreinfo      the kernel's VMCOREINFO text, when the dump has it
     cpus/<n>/       registers (`name value` lines) and notes/<TYPE> raw payloads
     memory/         one file per contiguous physical range, and `map`
+    kernel/         log, release, symbols, sources: read from the kernel's memory
+    dump.s390       (s390x only) the s390 stand-alone dump format, as zgetdump -f s390 writes it
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 from dumpfs.model import Dump
 from dumpfs.tree import Dir, File
 from dumpfs.views.cpus import cpus_dir
+from dumpfs.views.dump_s390 import dump_s390_file
 from dumpfs.views.info import info_json_text, info_text
+from dumpfs.views.kernel import kernel_dir
 from dumpfs.views.memory import memory_dir
 from dumpfs.views.vmcore import vmcore_file
 
@@ -26,7 +30,8 @@ def build_tree(dump: Dump, name: str = "") -> Dir:
             File.from_bytes("info.json", lambda: info_json_text(dump).encode()),
             cpus_dir(dump),
             memory_dir(dump),
-        ]
+            kernel_dir(dump),
+        ] + ([dump_s390_file(dump)] if dump.arch.name == "s390x" else [])
         if dump.vmcoreinfo is not None:
             nodes.append(File.from_bytes("vmcoreinfo", dump.vmcoreinfo.text.encode()))
         return nodes
