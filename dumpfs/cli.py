@@ -298,6 +298,8 @@ def _copy(vmcore, size: int, out, progress: bool, name: str) -> None:
                 raise Failure(f"vmcore ends early at offset {offset:#x} of {size:#x}")
             try:
                 out.write(data)
+            except BrokenPipeError:
+                raise                   # `dumpfs convert x - | head`: main() ends quietly
             except OSError as exc:
                 raise Failure(f"{name}: cannot write: {exc.strerror}", OUTPUT_FAILED) from None
             offset += len(data)
