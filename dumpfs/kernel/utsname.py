@@ -48,19 +48,34 @@ def kernel_image_to_physical(dump: Dump, address: int) -> int | None:
     return None
 
 
+def _read_init_uts_ns(dump: Dump, address: int, size: int) -> bytes | None:
+    """Through the kernel's page tables when they work, else the image map without them."""
+    from dumpfs.kernel.context import KernelUnavailable, kernel_context
+    try:
+        return kernel_context(dump).memory.read(address, size)
+    except (KernelUnavailable, MemoryUnavailable):
+        pass
+    physical = kernel_image_to_physical(dump, address)
+    if physical is None:
+        return None
+    try:
+        return dump.read_physical(physical, size)
+    except MemoryUnavailable:
+        return None
+
+
 def read_utsname(dump: Dump) -> Utsname | None:
     info = dump.vmcoreinfo
     if info is None or info.symbol("init_uts_ns") is None:
         return None
-    physical = kernel_image_to_physical(dump, info.symbol("init_uts_ns"))
-    if physical is None:
+    data = _read_init_uts_ns(dump, info.symbol("init_uts_ns"), 1024)
+    if data is None:
         return None
-    try:
-        data = dump.read_physical(physical, 1024)
-    except MemoryUnavailable:
-        return None
-    # struct uts_namespace starts with a kref on some kernels: find "Linux\0"
-    start = data.find(b"Linux\0")
+    # struct uts_namespace starts with a kref on some kernels: OFFSET(uts_namespace.name),
+    # else the first "Linux\0" (as zgetdump does)
+    start = info.number("OFFSET(uts_namespace.name)")
+    if start is None or data[start:start + 6] != b"Linux\0":
+        start = data.find(b"Linux\0")
     if start < 0 or start + UTS_FIELD * len(UTS_FIELDS) > len(data):
         return None
     fields = [data[start + i * UTS_FIELD:start + (i + 1) * UTS_FIELD].split(b"\0", 1)[0]

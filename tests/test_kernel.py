@@ -1,0 +1,454 @@
+"""Kernel introspection against the fixtures' truth.json: address translation, printk log,
+kallsyms / System.map / vmlinux symbols, and the kernel/ view; hostile memory stays bounded."""
+
+from __future__ import annotations
+
+import errno
+import random
+import signal
+import struct
+import tarfile
+from contextlib import contextmanager
+from functools import lru_cache
+
+import pytest
+
+import fixturecache as fc
+from dumpfs.arch import x86_64
+from dumpfs.backends import open_dump
+from dumpfs.kernel.context import KernelUnavailable, kernel_context
+from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
+from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
+                                   kaslr_offset, kernel_symbols)
+from dumpfs.kernel.translate import (IdentitySpace, KernelMemory, TableCache, TranslationError,
+                                     kernel_memory, user_address_space)
+from dumpfs.kernel.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
+from dumpfs.model import (Cpu, Dump, DumpMeta, Memory, MemoryChunk, MemoryUnavailable, Note,
+                          PageState, VmcoreInfo)
+from dumpfs.views import build_tree
+
+FULL_DUMPS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
+              ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz")]
+KALLSYMS_ALL = ["x86_64-custom", "x86_64-debian", "s390x-custom"]
+CUSTOM = ["x86_64-custom", "s390x-custom"]
+
+
+@lru_cache(maxsize=None)
+def dump_of(folder: str, name: str) -> Dump:
+    return open_dump(str(fc.unpacked(folder, name)))
+
+
+def first_dump(folder: str) -> Dump:
+    return dump_of(*next(d for d in FULL_DUMPS if d[0] == folder))
+
+
+@lru_cache(maxsize=None)
+def reference_kallsyms(folder: str) -> list[tuple[int, str, str]]:
+    """/proc/kallsyms of the guest: kallsyms.txt, or the copy in ground-truth-bulk.tar.gz."""
+    path = fc.FIXTURES / folder / "kallsyms.txt"
+    if path.exists():
+        text = path.read_text()
+    else:
+        with tarfile.open(fc.FIXTURES / folder / "ground-truth-bulk.tar.gz") as tar:
+            text = tar.extractfile("./kallsyms").read().decode()
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out.append((int(parts[0], 16), parts[1], parts[2]))
+    return out
+
+
+@contextmanager
+def time_limit(seconds: int):
+    def expired(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def read_file(tree, path: str) -> bytes:
+    node = tree.walk(path)
+    assert node is not None, path
+    return node.read(0, node.size)
+
+
+# ---------------------------------------------------------------------------
+# kernel/ view on the real dumps
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder,name", FULL_DUMPS)
+def test_kernel_log_release_and_symbols_view(folder, name):
+    truth = fc.truth(folder)
+    tree = build_tree(dump_of(folder, name))
+    log = read_file(tree, "kernel/log").decode()
+    lines = log.splitlines()
+    assert lines[-len(truth["log_tail_raw"]):] == truth["log_tail_raw"]
+    assert lines[0].endswith(truth["banner"].rstrip("\n"))      # the boot's first line
+    assert read_file(tree, "kernel/release").decode() == truth["kernel_release"] + "\n"
+    symbols = read_file(tree, "kernel/symbols").decode().splitlines()
+    by_name = {}
+    for line in symbols:
+        address, letter, symbol = line.split(" ", 2)
+        assert len(address) == 16 and len(letter) == 1
+        by_name.setdefault(symbol, int(address, 16))
+    for symbol, address in truth["symbols"].items():
+        if symbol != "swapper_pg_dir" or folder.startswith("s390x"):   # x86_64: a #define
+            assert by_name.get(symbol) == address, symbol
+    sources = read_file(tree, "kernel/sources").decode()
+    assert "kallsyms in memory" in sources and "problem:" not in sources
+
+
+@pytest.mark.parametrize("folder", ["x86_64-custom"])
+def test_kernel_log_matches_makedumpfile_dump_dmesg(folder):
+    """Single-line records: identical to `makedumpfile --dump-dmesg` (which indents
+    continuation lines instead of repeating the prefix, as the guest's dmesg does)."""
+    ours = read_file(build_tree(first_dump(folder)), "kernel/log").decode().splitlines()
+    theirs = (fc.FIXTURES / folder / "validation-mkdf-dmesg.txt").read_text().splitlines()
+    assert ours == theirs
+
+
+def test_multiline_record_gets_a_prefix_per_line_as_dmesg_shows():
+    from dumpfs.kernel.printk import Record
+    text = format_dmesg([Record(1, 1_848_452_000, b"Unstable clock\nIf you want"),
+                         Record(2, 12_000_001_000, b"")])
+    assert text == (b"[    1.848452] Unstable clock\n[    1.848452] If you want\n"
+                    b"[   12.000001] \n")
+
+
+def test_kernel_log_from_a_filtered_kdump():
+    """makedumpfile -d 31 keeps kernel pages: the log reads the same."""
+    dump = dump_of("x86_64-custom", "mkdf-lzo-d31.kdump.xz")
+    lines = read_file(build_tree(dump), "kernel/log").decode().splitlines()
+    assert lines[-40:] == fc.truth("x86_64-custom")["log_tail_raw"]
+
+
+# ---------------------------------------------------------------------------
+# Address translation
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder,name", FULL_DUMPS)
+def test_translation_of_truth_symbols(folder, name):
+    dump = dump_of(folder, name)
+    truth = fc.truth(folder)
+    kmem = kernel_context(dump).memory
+    if "linux_banner" in truth["symbols"]:
+        banner = kmem.read_cstring(truth["symbols"]["linux_banner"], 512).decode()
+        assert banner.startswith("Linux version") and banner == truth["banner"]
+    if "init_task" in truth["symbols"]:
+        # init_task is the idle task "swapper/0": its comm is somewhere in the first 4 KiB
+        data = kmem.read(truth["symbols"]["init_task"], 8192)
+        assert b"swapper/0\0" in data
+    # the walk agrees with the page-table-free mappings of the kernel image
+    for symbol, address in truth["symbols"].items():
+        walked = kmem.space.first.translate(address)[0]
+        assert walked == kmem.space.second.translate(address)[0], symbol
+
+
+@pytest.mark.parametrize("folder", ["x86_64-custom", "x86_64-debian"])
+def test_x86_64_direct_map_and_vmalloc(folder):
+    dump = first_dump(folder)
+    context = kernel_context(dump)
+    kmem, symbols, info = context.memory, context.symbols, dump.vmcoreinfo
+    page_offset, how = page_offset_base(kmem, symbols)
+    assert how.startswith("page_offset_base")
+    assert page_offset % (1 << 30) == 0 and page_offset >= 0xFF00000000000000
+    # SYMBOL(mem_section) is a direct-map (memblock) address: page tables == __pa()
+    mem_section = info.symbol("mem_section")
+    assert kmem.translate(mem_section) == mem_section - page_offset
+    # page_offset_base itself is an image symbol: page tables == __pa_symbol()
+    address = symbols.address("page_offset_base")
+    phys_base = info.number("NUMBER(phys_base)")
+    assert kmem.translate(address) == (address - START_KERNEL_MAP + phys_base) % (1 << 64)
+    # the printk descriptor ring lives in the image, the direct map, or vmalloc: wherever,
+    # reading through the walk gives committed descriptors
+    assert context.log.records
+    # vmalloc: every busy vmap_area (vmap_area_list, bounded walk) is mapped, above
+    # vmalloc_base, and its first page reads the same through the direct map
+    head = info.symbol("vmap_area_list")
+    vmalloc_base = kmem.read_u64(symbols.address("vmalloc_base"))
+    node, seen, compared = kmem.read_pointer(head), 0, 0
+    while node != head and seen < 10000:
+        area = node - info.number("OFFSET(vmap_area.list)")
+        va_start = kmem.read_u64(area + info.number("OFFSET(vmap_area.va_start)"))
+        assert va_start >= vmalloc_base
+        physical = kmem.translate(va_start)
+        try:                        # RAM is in the direct map; ioremapped ACPI tables are not
+            direct = kmem.read(page_offset + physical, 4096)
+        except TranslationError:
+            direct = None
+        if direct is not None:
+            assert kmem.read(va_start, 4096) == direct
+            compared += 1
+        node, seen = kmem.read_pointer(node), seen + 1
+    assert seen > 10 and compared > 10
+    # not canonical, and a hole in the kernel half: errors for that address only
+    with pytest.raises(TranslationError, match="not canonical"):
+        kmem.translate(0x0000800000000000)
+    with pytest.raises(MemoryUnavailable):
+        kmem.read(0xFFFFFE0000000000 - 0x1000 * 7, 16)
+    assert kmem.read_cstring(symbols.address("linux_banner"), 16) == b"Linux version 6."
+
+
+def test_x86_64_user_space_from_cr3():
+    """A CPU's CR3 (possibly a process's) walks like init_top_pgt for the kernel half."""
+    dump = first_dump("x86_64-custom")
+    kmem = kernel_context(dump).memory
+    banner = fc.truth("x86_64-custom")["symbols"]["linux_banner"]
+    for cpu in dump.cpus.values():
+        space = user_address_space(dump, cpu.registers["cr3"])
+        assert space.translate(banner)[0] == kmem.translate(banner)
+
+
+@pytest.mark.parametrize("folder", ["s390x-custom", "s390x-debian"])
+def test_s390x_dat_matches_identity_map(folder):
+    dump = first_dump(folder)
+    kmem = kernel_context(dump).memory
+    dat = kmem.space.first
+    assert dat.origin == dump.vmcoreinfo.symbol("swapper_pg_dir")
+    rng = random.Random(3)
+    end = dump.memory.end
+    checked = 0
+    for _ in range(200):
+        address = rng.randrange(0, end)
+        try:
+            physical = dat.translate(address)[0]
+        except TranslationError:
+            continue
+        assert physical == address
+        checked += 1
+    assert checked > 150
+    with pytest.raises(TranslationError):
+        dat.translate(1 << 45)        # beyond a region-third table's 4 TiB
+
+
+def test_synthetic_x86_64_page_tables_large_pages_and_5_levels():
+    pages = {}
+
+    def table(address, entries):
+        page = bytearray(4096)
+        for index, value in entries.items():
+            struct.pack_into("<Q", page, index * 8, value)
+        pages[address] = bytes(page)
+
+    # 4-level: PGD 0x1000 -> PUD 0x2000 -> {1G page at 0x40000000, PMD 0x3000}
+    # PMD 0x3000 -> {2M page at 0x200000, PT 0x4000}; PT -> 4K page 0x5000
+    table(0x1000, {511: 0x2003})
+    table(0x2000, {510: 0x40000083, 509: 0x3003})
+    table(0x3000, {0: 0x200083, 1: 0x4003})
+    table(0x4000, {2: 0x5003, 3: 0x6002})             # entry 3 not present
+    # 5-level: PML5 0x7000 -> P4D 0x1000 (the 4-level PGD) at index 511
+    table(0x7000, {511: 0x1003})
+
+    def read(offset, length):
+        page = offset & ~0xFFF
+        return pages.get(page, bytes(4096))[offset - page:offset - page + length]
+    dump = Dump(arch=x86_64.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, 0x8000, PageState.PRESENT, read)]),
+                cpus={}, meta=DumpMeta(format="synthetic"))
+    cache = TableCache(dump, capacity=2)
+    base4 = 0xFFFFFF8000000000      # PGD index 511
+    four = X86_64Paging(cache, 0x1000, 4)
+    assert four.translate(base4 + (510 << 30) + 0x12345) == (0x40012345, (1 << 30) - 0x12345)
+    assert four.translate(base4 + (509 << 30) + 0x1234)[0] == 0x201234
+    assert four.translate(base4 + (509 << 30) + (1 << 21) + 0x2ABC)[0] == 0x5ABC
+    with pytest.raises(TranslationError, match="PTE entry"):
+        four.translate(base4 + (509 << 30) + (1 << 21) + 0x3000)
+    with pytest.raises(TranslationError, match="PGD entry"):
+        four.translate(0xFFFF800000000000)
+    five = X86_64Paging(cache, 0x7000, 5)
+    base5 = 0xFFFFFF8000000000                        # PML5 index 511, P4D index 511
+    assert five.translate(base5 + (510 << 30) + 7)[0] == 0x40000007
+    with pytest.raises(TranslationError, match="PML5 entry"):
+        five.translate(0xFF00000000000000)
+    with pytest.raises(TranslationError, match="not canonical"):
+        five.translate(0x0100000000000000)
+
+
+# ---------------------------------------------------------------------------
+# Symbols
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder", KALLSYMS_ALL + ["s390x-debian"])
+def test_kallsyms_in_memory_equals_proc_kallsyms(folder):
+    dump = first_dump(folder)
+    ours = from_kallsyms(kernel_context(dump).memory, dump.vmcoreinfo)
+    reference = reference_kallsyms(folder)
+    assert sorted((s.address, s.type, s.name) for s in ours) == sorted(reference)
+    if folder in KALLSYMS_ALL:
+        table = SymbolTable(ours)
+        for symbol, address in fc.truth(folder)["symbols"].items():
+            if symbol in table:
+                assert table.address(symbol) == address
+
+
+def _unique(symbols) -> dict[str, int]:
+    seen: dict[str, list[int]] = {}
+    for s in symbols:
+        seen.setdefault(s.name, []).append(s.address)
+    return {name: addresses[0] for name, addresses in seen.items() if len(addresses) == 1}
+
+
+@pytest.mark.parametrize("folder", CUSTOM)
+def test_system_map_and_vmlinux_plus_kerneloffset_equal_kallsyms(folder):
+    dump = first_dump(folder)
+    kallsyms = _unique(from_kallsyms(kernel_context(dump).memory, dump.vmcoreinfo))
+    offset = kaslr_offset(dump.vmcoreinfo)
+    assert offset == fc.truth(folder)["kaslr_offset"]
+    system_map = _unique(from_system_map(fc.FIXTURES / folder / "System.map-6.1.192-dumpfs", offset))
+    vmlinux = _unique(from_vmlinux(fc.unpacked(folder, "vmlinux-6.1.192-dumpfs.xz"), offset))
+    sample = random.Random(5).sample(sorted(kallsyms), 2000)
+    for name in sample:
+        if name in system_map:
+            assert system_map[name] == kallsyms[name], name
+        if name in vmlinux:
+            assert vmlinux[name] == kallsyms[name], name
+    assert sum(name in vmlinux for name in sample) > 1900
+    # and the merged table names its sources
+    table = kernel_symbols(dump, kernel_context(dump).memory,
+                           system_map=fc.FIXTURES / folder / "System.map-6.1.192-dumpfs")
+    assert any(s.startswith("System.map") for s in table.sources)
+    assert table.lookup(kallsyms["init_task"] + 16)[0].name == "init_task"
+
+
+def test_symbols_without_kernel_memory_say_why():
+    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
+                meta=DumpMeta(format="synthetic"),
+                vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0\nSYMBOL(_stext)=ffffffff81000000\n"))
+    table = kernel_symbols(dump, None)
+    assert table.address("_stext") == 0xFFFFFFFF81000000
+    assert any("kallsyms" in p for p in table.problems)
+
+
+# ---------------------------------------------------------------------------
+# Hostile memory
+# ---------------------------------------------------------------------------
+
+PRB = 0xFFFFFFFF80080000           # SYMBOL(prb): a pointer to the ring buffer
+
+
+def printk_vmcoreinfo() -> bytes:
+    keys = {
+        "SIZE(printk_ringbuffer)": 88, "OFFSET(printk_ringbuffer.desc_ring)": 0,
+        "OFFSET(printk_ringbuffer.text_data_ring)": 48, "OFFSET(printk_ringbuffer.fail)": 80,
+        "OFFSET(prb_desc_ring.count_bits)": 0, "OFFSET(prb_desc_ring.descs)": 8,
+        "OFFSET(prb_desc_ring.infos)": 16, "OFFSET(prb_desc_ring.head_id)": 24,
+        "OFFSET(prb_desc_ring.tail_id)": 32, "SIZE(prb_desc)": 24,
+        "OFFSET(prb_desc.state_var)": 0, "OFFSET(prb_desc.text_blk_lpos)": 8,
+        "OFFSET(prb_data_blk_lpos.begin)": 0, "OFFSET(prb_data_blk_lpos.next)": 8,
+        "SIZE(printk_info)": 88, "OFFSET(printk_info.seq)": 0, "OFFSET(printk_info.ts_nsec)": 8,
+        "OFFSET(printk_info.text_len)": 16, "OFFSET(printk_info.caller_id)": 20,
+        "OFFSET(printk_info.dev_info)": 24, "OFFSET(prb_data_ring.size_bits)": 0,
+        "OFFSET(prb_data_ring.data)": 8, "OFFSET(prb_data_ring.head_lpos)": 16,
+        "OFFSET(prb_data_ring.tail_lpos)": 24, "OFFSET(atomic_long_t.counter)": 0,
+    }
+    lines = ["OSRELEASE=6.1.0-hostile", "PAGESIZE=4096", f"SYMBOL(prb)={PRB:x}",
+             "NUMBER(phys_base)=0"] + [f"{k}={v}" for k, v in keys.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def hostile_dump(count_bits: int, head_id: int, tail_id: int, descs: int, infos: int,
+                 data: int, size_bits: int = 12, records=()) -> Dump:
+    """Physical memory = one 1 MiB image mapped at __START_KERNEL_map (phys_base 0); no page
+    tables (init_top_pgt absent), so translation uses the image map only."""
+    image = bytearray(1 << 20)
+    ring = PRB + 0x100 - START_KERNEL_MAP
+    struct.pack_into("<Q", image, PRB - START_KERNEL_MAP, PRB + 0x100)
+    struct.pack_into("<I", image, ring, count_bits)
+    struct.pack_into("<QQQQ", image, ring + 8, descs, infos, head_id, tail_id)
+    struct.pack_into("<IxxxxQ", image, ring + 48, size_bits, data)
+    for index, (state_var, begin, next_lpos, seq, text, where) in enumerate(records):
+        d = descs - START_KERNEL_MAP + index * 24
+        struct.pack_into("<QQQ", image, d, state_var, begin, next_lpos)
+        i = infos - START_KERNEL_MAP + index * 88
+        struct.pack_into("<QQH", image, i, seq, 1000 * (index + 1), len(text))
+        struct.pack_into("<Q", image, data - START_KERNEL_MAP + where, state_var & ((1 << 62) - 1))
+        image[data - START_KERNEL_MAP + where + 8:data - START_KERNEL_MAP + where + 8 + len(text)] = text
+    raw = bytes(image)
+    chunk = MemoryChunk(0, len(raw), PageState.PRESENT, lambda off, n: raw[off:off + n])
+    prstatus = bytearray(336)
+    notes = [Note("CORE", 1, bytes(prstatus))]
+    return Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([chunk]),
+                cpus={0: Cpu(0, x86_64.decode_registers(notes), notes)},
+                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(printk_vmcoreinfo()))
+
+
+DESCS, INFOS, DATA = (START_KERNEL_MAP + 0x10000, START_KERNEL_MAP + 0x20000,
+                      START_KERNEL_MAP + 0x40000)
+FINAL = 2 << 62
+
+
+def test_hostile_printk_good_records_then_damage():
+    records = [(FINAL | 0, 0, 24, 0, b"first", 0), (FINAL | 1, 24, 48, 1, b"second", 24),
+               (FINAL | 7, 48, 72, 2, b"wrong id", 48),                 # id mismatch: skipped
+               (FINAL | 3, 4000, 4200, 3, b"x", 4000)]                   # bad block: skipped
+    dump = hostile_dump(count_bits=4, head_id=3, tail_id=0, descs=DESCS, infos=INFOS,
+                        data=DATA, records=records)
+    with time_limit(10):
+        log = read_kernel_log(dump, kernel_memory(dump)[0])
+    assert [r.text for r in log.records] == [b"first", b"second"]
+    assert log.problems
+
+
+@pytest.mark.parametrize("case", [
+    dict(count_bits=63, head_id=5, tail_id=0),                      # absurd count_bits
+    dict(count_bits=0xFFFFFFFF, head_id=5, tail_id=0),
+    dict(count_bits=20, head_id=(1 << 62) - 1, tail_id=0),          # whole id space: capped
+    dict(count_bits=4, head_id=2, tail_id=3),                       # tail after head: a "cycle"
+    dict(count_bits=4, head_id=3, tail_id=0, descs=0xDEAD000000000000),   # pointers into nowhere
+    dict(count_bits=4, head_id=3, tail_id=0, data=0xFFFFFFFF00000000),
+    dict(count_bits=4, head_id=3, tail_id=0, size_bits=200),
+])
+def test_hostile_printk_is_bounded(case):
+    args = dict(descs=DESCS, infos=INFOS, data=DATA)
+    args.update(case)
+    dump = hostile_dump(**args)
+    tree = build_tree(dump)
+    with time_limit(20):
+        try:
+            log = read_kernel_log(dump, kernel_memory(dump)[0])
+            assert len(log.records) <= 1 << 20
+        except LogUnavailable:
+            pass
+        node = tree.walk("kernel/log")
+        try:
+            node.read(0, node.size)
+        except OSError as exc:
+            assert exc.errno == errno.EIO
+    # the rest of the tree keeps working
+    assert read_file(tree, "kernel/release") == b"6.1.0-hostile\n"
+    assert tree.walk("info").read(0, 1 << 20)
+
+
+def test_kernel_files_fail_with_eio_and_say_why():
+    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
+                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0-x\n"))
+    tree = build_tree(dump)
+    with pytest.raises(OSError) as info:
+        tree.walk("kernel/log").read(0, 100)
+    assert info.value.errno == errno.EIO
+    assert read_file(tree, "kernel/release") == b"6.1.0-x\n"
+    sources = read_file(tree, "kernel/sources").decode()
+    assert "problem: kernel log:" in sources
+    assert any("kernel" in p for p in dump.meta.problems)
+    with pytest.raises(KernelUnavailable):
+        kernel_context(dump).log
+
+
+def test_identity_space_and_kernel_memory_cstring_across_pages():
+    data = bytearray(0x3000)
+    data[0xFFA:0x1005] = b"hello world"
+    raw = bytes(data)
+    dump = Dump(arch=x86_64.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, 0x2000, PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"))
+    kmem = KernelMemory(dump, IdentitySpace())
+    assert kmem.read_cstring(0xFFA, 100) == b"hello world"
+    assert kmem.read_cstring(0xFFA, 5) == b"hello"
+    with pytest.raises(MemoryUnavailable):
+        kmem.read(0x1FF0, 0x20)
