@@ -536,8 +536,12 @@ def open(source: Source) -> Dump:
         head = source.read(layout.base, 8)
         if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
             tool = _dump_tool(source, layout)
-            state = "holds zeros" if not any(source.read(layout.base, 0x1000)) else \
-                f"starts with {head.hex(' ')}, not a dump header"
+            if head[:7] in DUMPER_MAGICS:
+                state = f"starts with the dump tool {head[:7].decode()} v{head[7]} (LDL: a dump overwrites it)"
+            elif not any(source.read(layout.base, 0x1000)):
+                state = "holds zeros"
+            else:
+                state = f"starts with {head.hex(' ')}, not a dump header"
             raise DumpError(f"no dump on {source.name}: {layout.description}"
                             f"{f' with dump tool {tool}' if tool else ''}; the partition {state}")
     reader = S390Dump(source, layout)

@@ -1,0 +1,1 @@
+"""Writers of dump formats for tests: independent of the readers under test."""
