@@ -452,3 +452,87 @@ def test_identity_space_and_kernel_memory_cstring_across_pages():
     assert kmem.read_cstring(0xFFA, 5) == b"hello"
     with pytest.raises(MemoryUnavailable):
         kmem.read(0x1FF0, 0x20)
+
+
+def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
+    from dumpfs.arch import s390x
+    from dumpfs.kernel.s390x_dat import DatSpace
+    tables = bytearray(0x20000)
+
+    def entry(table, index, value):
+        struct.pack_into(">Q", tables, table + index * 8, value)
+    for table in (0x4000, 0x8000):                   # all entries invalid by default
+        for i in range(2048):
+            entry(table, i, 0x20)
+    # region-third table at 0x4000 (ASCE DT=1): entry 0 -> segment table 0x8000,
+    # entry 1: a 2 GiB EDAT2 page at 0x80000000 (type R3 = 0x04, FC 0x400)
+    entry(0x4000, 0, 0x8000 | 0x04 | 0x03)
+    entry(0x4000, 1, 0x80000000 | 0x400 | 0x04)
+    entry(0x8000, 0, 0x10000)                        # segment 0 -> page table 0x10000
+    entry(0x8000, 1, 0x300000 | 0x400)               # segment 1: 1 MiB EDAT1 page at 3 MiB
+    for i in range(256):
+        struct.pack_into(">Q", tables, 0x10000 + i * 8, 0x400)   # PTEs invalid
+    struct.pack_into(">Q", tables, 0x10000 + 5 * 8, 0x7000)      # page 5 -> 0x7000
+    raw = bytes(tables)
+    dump = Dump(arch=s390x.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"))
+    space = DatSpace.from_asce(TableCache(dump), 0x4000 | 0x04 | 0x03)
+    assert space.translate(0x5123) == (0x7123, 0x1000 - 0x123)
+    assert space.translate(0x100000 + 0x54321)[0] == 0x354321
+    assert space.translate((1 << 31) + 0x1234567)[0] == 0x81234567
+    with pytest.raises(TranslationError, match="page-table entry"):
+        space.translate(0x6000)
+    with pytest.raises(TranslationError, match="segment entry"):
+        space.translate(0x200000)
+    with pytest.raises(TranslationError, match="region-third entry"):
+        space.translate(2 << 31)
+    with pytest.raises(TranslationError, match="reach"):
+        space.translate(1 << 42)
+
+
+def test_pre_5_10_log_buf_records():
+    """struct printk_log { u64 ts_nsec; u16 len, text_len, dict_len; u8 facility, flags; }"""
+    from dumpfs.kernel.translate import IdentitySpace
+    buf, records = bytearray(0x1000), [(1_000_000, b"hello"), (2_500_000_000, b"two\nlines")]
+    position = 0
+    for ts, text in records:
+        length = (16 + len(text) + 7) // 8 * 8
+        struct.pack_into("<QHHHBB", buf, position, ts, length, len(text), 0, 0, 0)
+        buf[position + 16:position + 16 + len(text)] = text
+        position += length
+    memory = bytearray(0x3000)
+    memory[0x1000:0x2000] = buf
+    struct.pack_into("<QIII", memory, 0x100, 0x1000, 0x1000, 0, position)
+    info = ("SYMBOL(log_buf)=100\nSYMBOL(log_buf_len)=108\nSYMBOL(log_first_idx)=10c\n"
+            "SYMBOL(log_next_idx)=110\nSIZE(printk_log)=16\nOFFSET(printk_log.ts_nsec)=0\n"
+            "OFFSET(printk_log.len)=8\nOFFSET(printk_log.text_len)=10\n"
+            "OFFSET(printk_log.dict_len)=12\n")
+    raw = bytes(memory)
+    dump = Dump(arch=x86_64.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    with time_limit(10):
+        log = read_kernel_log(dump, KernelMemory(dump, IdentitySpace()))
+    assert log.text() == (b"[    0.001000] hello\n[    2.500000] two\n[    2.500000] lines\n")
+
+
+@pytest.mark.parametrize("num_syms", [0, 5_000_000, 3_000_000])
+def test_hostile_kallsyms_is_bounded(num_syms):
+    from dumpfs.kernel.symbols import SymbolError
+    from dumpfs.kernel.translate import IdentitySpace
+    rng = random.Random(num_syms)
+    memory = bytearray(rng.randbytes(1 << 20))
+    struct.pack_into("<I", memory, 0x1000, num_syms)
+    info = ("SYMBOL(kallsyms_num_syms)=1000\nSYMBOL(kallsyms_names)=2000\n"
+            "SYMBOL(kallsyms_token_table)=f0000\nSYMBOL(kallsyms_token_index)=f8000\n"
+            "SYMBOL(kallsyms_offsets)=0\nSYMBOL(kallsyms_relative_base)=1008\n")
+    raw = bytes(memory)
+    dump = Dump(arch=x86_64.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    with time_limit(30):
+        with pytest.raises(SymbolError):
+            from_kallsyms(KernelMemory(dump, IdentitySpace()), dump.vmcoreinfo)
+        table = kernel_symbols(dump, KernelMemory(dump, IdentitySpace()))
+    assert table.address("kallsyms_names") == 0x2000 and table.problems
