@@ -37,6 +37,7 @@ PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
+MAX_TRUNCATION_PROBES = 16      # descriptor reads spent looking for the last non-zero page
 MAX_SHARED_ZERO_PAGES = 16      # data offsets remembered as "the shared zero page"
 
 # status (main header) and page_desc.flags bits
@@ -472,13 +473,28 @@ class KdumpPages:
         return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
 
     def _check_last_page(self, descriptor: int) -> None:
-        raw = self.source.read(self.table_start + descriptor * PAGE_DESC_SIZE, PAGE_DESC_SIZE)
-        if len(raw) < PAGE_DESC_SIZE:
-            return
-        offset, size, _flags, _ = self.page_desc.unpack(raw)
-        if offset + size > self.source.size:
-            self._problem(f"truncated: page data should reach {offset + size:#x}, the file ends at "
-                          f"{self.source.size:#x}; pages whose data is missing are unreadable")
+        """Does the file hold the data of the last page written?  A cut file does not.
+
+        Data is written in pfn order, but zero pages all point at one shared copy at
+        the start of the data area, so look back past those for the last real page.
+        """
+        shared_zero_page = self.table_start + (descriptor + 1) * PAGE_DESC_SIZE
+        end = descriptor + 1
+        for _ in range(MAX_TRUNCATION_PROBES):
+            start = max(0, end - MAX_PAGES_PER_BATCH * 16)
+            table = self.source.read(self.table_start + start * PAGE_DESC_SIZE,
+                                     (end - start) * PAGE_DESC_SIZE)
+            for offset, size, _flags, _ in reversed(list(self.page_desc.iter_unpack(table))):
+                if offset == shared_zero_page:
+                    continue
+                if offset + size > self.source.size:
+                    self._problem(f"truncated: page data should reach {offset + size:#x}, the file "
+                                  f"ends at {self.source.size:#x}; pages whose data is missing are "
+                                  f"unreadable")
+                return
+            if start == 0:
+                return
+            end = start
 
     def _problem(self, text: str) -> None:
         self.meta.complete = False
