@@ -163,6 +163,17 @@ class Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
         return attr
 
+    def _unknown_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes for a node whose size cannot be computed: listed, never cached,
+        so the next lookup or stat asks again and gets the error."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = self.inode_of(node)
+        attr.st_mode = (stat.S_IFDIR | 0o555) if isinstance(node, Dir) else (stat.S_IFREG | 0o444)
+        attr.st_nlink = 1
+        attr.entry_timeout = attr.attr_timeout = 0
+        self._nodes[attr.st_ino] = node
+        return attr
+
     async def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         if self.after_init is not None:
             hook, self.after_init = self.after_init, None
@@ -216,7 +227,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         for index in range(start_id, len(entries)):
             name, child = entries[index]
-            attr = await self._attr(child)
+            try:
+                attr = await self._attr(child)
+            except Exception as exc:    # noqa: BLE001 - list it anyway; stat will say EIO
+                self._log_failure("readdir", (self.inode_of(child),), exc, _errno_of(exc))
+                attr = self._unknown_attr(child)
             if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                 break
 

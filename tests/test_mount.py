@@ -227,6 +227,7 @@ TREE_SERVER = textwrap.dedent("""
         File("bug", 10, bug),
         File("nodata", 10, no_data),
         File("slow", 10, slow),
+        File("unsized", lambda: excluded(0, 0), excluded),
         Dir("lazy", lambda: [File.from_bytes(f"f{i}", b"%d" % i) for i in range(500)]),
     ])
     fuse.run_tree(root, sys.argv[1], ready=lambda: print("ready", flush=True))
@@ -258,6 +259,16 @@ def test_read_errors_become_errno_and_mount_keeps_serving(tree_mount):
         assert (mp / "good").read_bytes() == b"good bytes\n"
     assert sorted(os.listdir(mp / "lazy"), key=lambda n: int(n[1:])) == [f"f{i}" for i in range(500)]
     assert (mp / "lazy" / "f499").read_bytes() == b"499"
+
+
+def test_file_whose_size_fails_is_listed_and_stat_says_eio(tree_mount):
+    assert "unsized" in os.listdir(tree_mount)
+    for attempt in (lambda: os.stat(tree_mount / "unsized"),
+                    lambda: (tree_mount / "unsized").read_bytes()):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EIO
+    assert (tree_mount / "good").read_bytes() == b"good bytes\n"
 
 
 def test_slow_read_does_not_stall_others(tree_mount):
