@@ -536,3 +536,17 @@ def test_hostile_kallsyms_is_bounded(num_syms):
             from_kallsyms(KernelMemory(dump, IdentitySpace()), dump.vmcoreinfo)
         table = kernel_symbols(dump, KernelMemory(dump, IdentitySpace()))
     assert table.address("kallsyms_names") == 0x2000 and table.problems
+
+
+@pytest.mark.parametrize("folder,record", fc.all_dumps(), ids=lambda x: x if isinstance(x, str) else x["file"])
+def test_kernel_log_and_release_of_every_fixture_dump(folder, record):
+    """Every format (ELF, kdump, flattened, s390 stand-alone) and dump level gives the log."""
+    dump = open_dump(str(fc.unpacked(folder, record["file"])))
+    try:
+        tree = build_tree(dump)
+        truth = fc.truth(folder)
+        lines = read_file(tree, "kernel/log").decode().splitlines()
+        assert lines[-len(truth["log_tail_raw"]):] == truth["log_tail_raw"]
+        assert read_file(tree, "kernel/release").decode() == truth["kernel_release"] + "\n"
+    finally:
+        dump.close()
