@@ -14,7 +14,6 @@ import os
 import re
 import struct
 import subprocess
-import zlib
 
 import pytest
 
@@ -241,8 +240,7 @@ def test_written_image_opens(images, elf_custom, name):
     if name != "plain":
         written = [(s, s + n) for s, n in image.segments]
         present = [(c.start, c.end) for c in dump.memory if c.state is PageState.PRESENT]
-        assert present == [r for r in written if r[1] > r[0]] or \
-            _merged(present) == _merged(written)
+        assert present == written
         assert dump.memory.size_in(PageState.ZERO) == SMALL - sum(n for _, n in image.segments)
     assert dump.memory.end == SMALL
     with pytest.raises(MemoryUnavailable):
@@ -300,8 +298,10 @@ def test_v2_on_a_loop_device_equals_v1(images):
         v1 = open_dump(str(images["v1"][0]))
         assert v2.meta.complete and v2.meta.compression == "zlib"
         assert differing_pages(v2.read_physical, v1.read_physical, SMALL) == set()
-        assert [(c.start, c.state) for c in v2.memory] == [(c.start, c.state) for c in v1.memory] or \
-            v2.memory.size_in(PageState.ZERO) == v1.memory.size_in(PageState.ZERO)
+        def ranges(dump, state):
+            return _merged((c.start, c.end) for c in dump.memory if c.state is state)
+        for state in PageState:
+            assert ranges(v2, state) == ranges(v1, state)
         v1.close()
         v2.close()
 
@@ -488,4 +488,3 @@ def test_corrupt_zlib_entry_is_unavailable_alone(tmp_path):
     with pytest.raises(MemoryUnavailable, match="corrupt"):
         dump.read_physical(start, 4096)
     assert dump.read_physical(start + MIB, 4096) == _pattern(start + MIB, 4096)
-    assert zlib   # (the writer compresses with zlib level 1, like the dumper)
