@@ -522,3 +522,83 @@ def test_missing_compression_module_is_named(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", no_lzo)
     assert_one_line_dump_error(fc.unpacked("x86_64-custom", "mkdf-lzo-d31.kdump.xz"), "python-lzo")
+
+
+# --- a kdump written here by the doc's writer checklist (§11): every compression in one file ---
+
+def write_kdump(path, pages, excluded=(), status=0x01, cut=None):
+    """pages: {pfn: (page bytes, "zlib"|"lzo"|"snappy"|"zstd"|"raw"|"zero")}; zero pages share
+    one raw copy at the start of the data area, as makedumpfile and QEMU store them."""
+    import lzo
+    import snappy
+    import zlib
+    import zstandard
+    compress = {"zlib": (1, lambda p: zlib.compress(p, 1)), "lzo": (2, lambda p: lzo.compress(p, 1, False)),
+                "snappy": (4, snappy.compress), "zstd": (0x20, zstandard.ZstdCompressor(level=1).compress),
+                "raw": (0, bytes)}
+    max_mapnr = max([*pages, *excluded]) + 1
+    per_bitmap = -(-(-(-max_mapnr // 8)) // PAGE)
+    uts = b"".join(s.ljust(65, b"\0") for s in (b"Linux", b"node", b"6.1.0-test", b"#1", b"x86_64", b""))
+    header = struct.pack("<8si390s6xqqIiiIIIIIIi", b"KDUMP   ", 6, uts, 1700000000, 0, status, PAGE, 1,
+                         2 * per_bitmap, max_mapnr, 0, 0, 0, 0, 1).ljust(PAGE, b"\0")
+    sub = struct.pack("<QiiQQqQqQqQQQQ", 0x1000000, 31, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                      max_mapnr).ljust(PAGE, b"\0")
+    bm1 = sum(1 << pfn for pfn in [*pages, *excluded]).to_bytes(per_bitmap * PAGE, "little")
+    bm2 = sum(1 << pfn for pfn in pages).to_bytes(per_bitmap * PAGE, "little")
+    data_start = 2 * PAGE + 2 * per_bitmap * PAGE + 24 * len(pages)
+    data, descriptors = [bytes(PAGE)], []
+    position = data_start + PAGE
+    for pfn in sorted(pages):
+        page, method = pages[pfn]
+        if method == "zero":
+            descriptors.append(struct.pack("<qIIQ", data_start, PAGE, 0, 0))
+            continue
+        flags, pack = compress[method]
+        stored = pack(page)
+        assert method == "raw" or len(stored) < PAGE, "test data must compress"
+        descriptors.append(struct.pack("<qIIQ", position, len(stored), flags, 0))
+        data.append(stored)
+        position += len(stored)
+    blob = header + sub + bm1 + bm2 + b"".join(descriptors) + b"".join(data)
+    path.write_bytes(blob[:cut])
+    return path
+
+
+def test_written_kdump_every_compression_mixed(tmp_path):
+    rng = random.Random(11)
+    methods = ["zlib", "lzo", "snappy", "zstd", "raw", "zero"]
+    pages = {}
+    for pfn in list(range(0, 40)) + list(range(100, 130)):
+        method = methods[pfn % len(methods)]
+        words = [b"kdump ", b"page ", b"%d " % pfn, b"zero ", b"\0\0\0\0"]
+        text = b"".join(rng.choice(words) for _ in range(PAGE))[:PAGE]   # compressible, not constant
+        pages[pfn] = (bytes(PAGE) if method == "zero" else text, method)
+    excluded = set(range(40, 60))
+    dump = open_path(write_kdump(tmp_path / "mixed.kdump", pages, excluded, status=0x01))
+    assert dump.meta.dump_time is not None and dump.meta.kernel_release == "6.1.0-test"
+    assert dump.meta.details["phys_base"] == 0x1000000
+    for pfn, (page, _) in pages.items():
+        assert dump.read_physical(pfn * PAGE, PAGE) == page, pfn
+    assert dump.read_physical(10 * PAGE + 100, 20 * PAGE) == \
+        b"".join(pages[p][0] for p in range(10, 31))[100:100 + 20 * PAGE]
+    for address in (40 * PAGE, 59 * PAGE, 60 * PAGE, 99 * PAGE, 130 * PAGE):
+        with pytest.raises(MemoryUnavailable):
+            dump.read_physical(address, PAGE)
+    assert [(c.start // PAGE, c.end // PAGE, c.state) for c in dump.memory.chunks] == [
+        (0, 40, PageState.PRESENT), (40, 60, PageState.EXCLUDED), (100, 130, PageState.PRESENT)]
+    dump.close()
+
+
+def test_written_kdump_marked_incomplete(tmp_path):
+    pages = {pfn: (bytes([pfn]) * PAGE, "raw") for pfn in range(64)}
+    full = write_kdump(tmp_path / "full.kdump", pages, status=0x08)
+    cut = full.stat().st_size - 10 * PAGE - 100
+    dump = open_path(write_kdump(tmp_path / "cut.kdump", pages, status=0x08, cut=cut))
+    assert not dump.meta.complete and any("incomplete" in p for p in dump.meta.problems)
+    for pfn in range(53):
+        assert dump.read_physical(pfn * PAGE, PAGE) == pages[pfn][0]
+    for pfn in range(53, 64):
+        with pytest.raises(MemoryUnavailable) as caught:
+            dump.read_physical(pfn * PAGE, PAGE)
+        assert "incomplete" in caught.value.reason
+    dump.close()
