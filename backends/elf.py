@@ -84,7 +84,7 @@ def open(source: Source) -> Dump:
                                           _file_reader(source, p_offset)))
             if present < p_filesz:
                 # the bytes the file should hold but lost: unknown, not zero
-                chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.EXCLUDED))
+                chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.MISSING))
             if p_filesz < p_memsz:
                 chunks.append(MemoryChunk(p_paddr + p_filesz, p_memsz - p_filesz, PageState.ZERO))
 

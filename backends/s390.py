@@ -356,10 +356,10 @@ class S390Dump:
                                           self._reader(segment, skip)))
             if present < segment.length:
                 chunks.append(MemoryChunk(segment.start + max(present, skip),
-                                          segment.length - max(present, skip), PageState.EXCLUDED))
+                                          segment.length - max(present, skip), PageState.MISSING))
             covered = segment.end
         if covered < self.mem_size:
-            state = PageState.ZERO if self.end_tod is not None else PageState.EXCLUDED
+            state = PageState.ZERO if self.end_tod is not None else PageState.MISSING
             chunks.append(MemoryChunk(covered, self.mem_size - covered, state))
         return chunks
 

@@ -35,6 +35,7 @@ class PageState(enum.Enum):
     PRESENT = "present"     # data is in the dump
     EXCLUDED = "excluded"   # existed in the machine, filtered out by the dump writer
     ZERO = "zero"           # known to be all zeros, no data stored
+    MISSING = "missing"     # the dump should hold it but does not: truncated or interrupted
 
 
 ChunkReader = Callable[[int, int], bytes]
@@ -143,8 +144,10 @@ class Memory:
                 parts.append(chunk.read(address - chunk.start, length))
             elif chunk.state is PageState.ZERO:
                 parts.append(bytes(length))
-            else:
+            elif chunk.state is PageState.EXCLUDED:
                 raise MemoryUnavailable(address, "excluded by the dump writer")
+            else:
+                raise MemoryUnavailable(address, "missing: the dump is truncated or incomplete there")
             address += length
         return b"".join(parts)
 

@@ -10,8 +10,8 @@ memory map onto whole pages):
     memory of each PT_LOAD, file offset congruent to its address modulo the page
 
 A PT_LOAD covers a maximal run of adjacent present and zero chunks; a zero
-tail becomes p_filesz < p_memsz.  Excluded pages are in no PT_LOAD, so a
-reader is told they are missing instead of being shown invented zeros.
+tail becomes p_filesz < p_memsz.  Excluded and missing pages are in no
+PT_LOAD, so a reader is told they are absent instead of shown invented zeros.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def load_segments(dump: Dump) -> list[LoadSegment]:
         run.clear()
 
     for chunk in dump.memory:
-        if chunk.state is PageState.EXCLUDED:
+        if chunk.state in (PageState.EXCLUDED, PageState.MISSING):
             flush()
             continue
         if run and chunk.start != run[-1].end:
