@@ -442,7 +442,7 @@ class KdumpPages:
             if have < end - start:
                 # descriptors past the end of the file: unknown content, as in a cut ELF
                 chunks.append(MemoryChunk((start + have) << shift, (end - start - have) << shift,
-                                          PageState.EXCLUDED))
+                                          PageState.MISSING))
                 lost_pages += end - start - have
             descriptor += end - start
         for start, end in excluded:
