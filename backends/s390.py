@@ -226,19 +226,30 @@ class S390Dump:
         self.hdr = hdr = DumpHeader.parse(raw)
         self.extended = hdr.magic == MAGIC_S390_EXT
         where = f"{source.name}: s390 dump header" + (f" at {self.base:#x}" if self.base else "")
-        if hdr.arch != ARCH_S390X:
+        # plain headers before version 5 have no cpu_cnt/lc_vec, before version 2 no arch
+        self.legacy = not self.extended and hdr.version < 5
+        self.cpu_cnt = 0 if self.legacy else hdr.cpu_cnt
+        # the removed non-extended multi-volume dumper (ZMULT64): ...FD magic and signature
+        self.legacy_mv = not self.extended and hdr.mvdump_sign == MAGIC_S390
+        if self.legacy and hdr.version < 2 and hdr.arch == 0:
+            pass                        # not recorded yet: the s390x reader is the only one left
+        elif hdr.arch != ARCH_S390X:
             raise DumpError(f"{where}: arch {hdr.arch} "
                             f"({'31-bit s390' if hdr.arch == 1 else 'unknown'}); only s390x (2) is supported")
         if hdr.build_arch not in (0, ARCH_S390X):
             raise DumpError(f"{where}: build_arch {hdr.build_arch} is not s390x")
-        if hdr.cpu_cnt > CPU_MAX:
+        if self.cpu_cnt > CPU_MAX:
             raise DumpError(f"{where}: cpu_cnt {hdr.cpu_cnt} exceeds the {CPU_MAX} lc_vec entries")
         if hdr.mem_size == 0 or hdr.mem_size > MAX_MEM_SIZE:
             raise DumpError(f"{where}: mem_size {hdr.mem_size:#x} is absurd")
         if hdr.zlib_version_s390 and hdr.version != 2:
             raise DumpError(f"{where}: zlib_version_s390 {hdr.zlib_version_s390} "
                             f"with header version {hdr.version} (only version 2 compresses)")
-        if hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr):
+        if self.legacy_mv and hdr.volnr:
+            raise DumpError(f"{where}: volume {hdr.volnr} of a non-extended multi-volume dump "
+                            f"(ZMULT64); its memory slice starts where volume {hdr.volnr - 1}'s "
+                            f"ends, so it cannot be read alone: open volume 0")
+        if not self.legacy_mv and (hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr)):
             raise DumpError(f"{where}: volume {hdr.volnr} of a multi-volume dump; "
                             f"open the whole multi-volume set instead")
         self.mem_size = hdr.mem_size
@@ -248,7 +259,11 @@ class S390Dump:
         else:
             end_marker_offset = self.base + HEADER_SIZE + self.mem_size
             stored = max(0, min(self.mem_size, source.size - self.base - HEADER_SIZE))
-            if stored < self.mem_size:
+            if stored < self.mem_size and self.legacy_mv:
+                self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: it is on "
+                                     f"the other volumes of the non-extended multi-volume dump")
+                end_marker_offset = None
+            elif stored < self.mem_size:
                 self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: "
                                      f"the source ends at {source.size:#x}")
                 end_marker_offset = None
@@ -439,35 +454,8 @@ class S390Dump:
     # -- CPUs -----------------------------------------------------------------------------
 
     def cpus(self, memory: Memory) -> dict[int, Cpu]:
-        """Registers from each CPU's save area; numbered in lc_vec order.
-
-        The format has no reliable CPU address (lowcore 0x84 is the
-        external-interrupt CPU address, not the CPU's own), so CPU i is
-        lc_vec[i], like zgetdump's pr_pid i + 1.
-        """
-        cpus = {}
-        for number, prefix in enumerate(self.hdr.lc_vec[:self.hdr.cpu_cnt]):
-            try:
-                if prefix + s390x.LOWCORE_SIZE > self.mem_size:
-                    raise MemoryUnavailable(prefix, f"lies past mem_size {self.mem_size:#x}")
-                save_area = memory.read_physical(prefix + s390x.SAVE_AREA_OFFSET, s390x.SAVE_AREA_SIZE)
-                pointer = struct.unpack(">Q", memory.read_physical(
-                    prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
-            except MemoryUnavailable as e:
-                self.problems.append(f"CPU {number}: prefix page {prefix:#x} unreadable ({e.reason}); "
-                                     f"no registers")
-                cpus[number] = Cpu(number, {"prefix": prefix})
-                continue
-            vector = None
-            if s390x.has_vector_save_area(pointer):
-                try:
-                    vector = memory.read_physical(pointer, s390x.VECTOR_SAVE_AREA_SIZE)
-                except MemoryUnavailable as e:
-                    self.problems.append(f"CPU {number}: vector save area {pointer:#x} unreadable "
-                                         f"({e.reason})")
-            registers = s390x.registers_from_save_area(save_area, vector)
-            cpus[number] = Cpu(number, registers, s390x.notes_from_registers(registers, number))
-        return cpus
+        """Registers from each CPU's save area; numbered in lc_vec order."""
+        return cpus_from_lowcores(memory, self.hdr.lc_vec[:self.cpu_cnt], self.mem_size, self.problems)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -484,11 +472,17 @@ class S390Dump:
         details["dump_end_tod"] = self.end_tod
         if hdr.cpu_id:
             details["cpu_id"] = hdr.cpu_id
-        details["real_cpu_cnt"] = hdr.real_cpu_cnt
         details["mem_size"] = hdr.mem_size
-        details["mem_size_real"] = hdr.mem_size_real
+        if self.legacy:
+            details["legacy header"] = f"version {hdr.version} (before 5): no CPU information"
+        else:
+            details["real_cpu_cnt"] = hdr.real_cpu_cnt
+            details["lc_vec"] = [f"{p:#x}" for p in hdr.lc_vec[:self.cpu_cnt]]
+        if not self.legacy or hdr.version >= 3:
+            details["mem_size_real"] = hdr.mem_size_real
         details["build_arch"] = hdr.build_arch
-        details["lc_vec"] = [f"{p:#x}" for p in hdr.lc_vec[:hdr.cpu_cnt]]
+        if self.legacy_mv:
+            details["multi-volume"] = "non-extended (ZMULT64), volume 0 of the set"
         compression = None
         if self.extended:
             details["dump file size"] = sum(s.size_on_disk or s.length for s in self.segments)
@@ -498,7 +492,11 @@ class S390Dump:
                 compression = "zlib"
             if hdr.zlib_version_s390:
                 details["zlib_entry_size"] = hdr.zlib_entry_size
-        if self.extended or hdr.build_arch:
+        if self.legacy_mv:
+            writer = "non-extended multi-volume dump tool (ZMULT64)"
+        elif self.legacy:
+            writer = "old stand-alone dump tool"
+        elif self.extended or hdr.build_arch:
             writer = "stand-alone dump tool"
         else:
             writer = "zgetdump -f s390 (or an old stand-alone dump tool)"
@@ -506,6 +504,37 @@ class S390Dump:
                         dump_time=tod_to_datetime(hdr.tod), complete=not self.problems,
                         dump_level=None, compression=compression, details=details,
                         problems=self.problems)
+
+
+def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[str]) -> dict[int, Cpu]:
+    """Registers from each CPU's prefix page (s390, s390_ext, tape, LKCD); CPU i is prefixes[i].
+
+    The memory-image formats have no reliable CPU address (lowcore 0x84 is the
+    external-interrupt CPU address, not the CPU's own), so CPU i is the i-th
+    lc_vec entry, like zgetdump's pr_pid i + 1.
+    """
+    cpus = {}
+    for number, prefix in enumerate(prefixes):
+        try:
+            if prefix + s390x.LOWCORE_SIZE > mem_size:
+                raise MemoryUnavailable(prefix, f"lies past mem_size {mem_size:#x}")
+            save_area = memory.read_physical(prefix + s390x.SAVE_AREA_OFFSET, s390x.SAVE_AREA_SIZE)
+            pointer = struct.unpack(">Q", memory.read_physical(
+                prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
+        except MemoryUnavailable as e:
+            problems.append(f"CPU {number}: prefix page {prefix:#x} unreadable ({e.reason}); "
+                            f"no registers")
+            cpus[number] = Cpu(number, {"prefix": prefix})
+            continue
+        vector = None
+        if s390x.has_vector_save_area(pointer):
+            try:
+                vector = memory.read_physical(pointer, s390x.VECTOR_SAVE_AREA_SIZE)
+            except MemoryUnavailable as e:
+                problems.append(f"CPU {number}: vector save area {pointer:#x} unreadable ({e.reason})")
+        registers = s390x.registers_from_save_area(save_area, vector)
+        cpus[number] = Cpu(number, registers, s390x.notes_from_registers(registers, number))
+    return cpus
 
 
 def tod_to_datetime(tod: int) -> datetime | None:
