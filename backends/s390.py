@@ -203,6 +203,7 @@ class Segment:
     stored: int             # bytes of data the source really holds (less if cut off)
     size_on_disk: int       # bytes on disk if compressed, else 0
     entries: tuple[int, ...] = ()
+    source: Source | None = None    # where its data is (a multi-volume dump's volume); None: the dump's
 
     @property
     def end(self) -> int:
@@ -210,9 +211,18 @@ class Segment:
 
 
 class S390Dump:
-    """Reads one single-volume dump: header, segments, end marker, memory, save areas."""
+    """Reads one single-volume dump: header, segments, end marker, memory, save areas.
 
-    def __init__(self, source: Source, layout: Layout):
+    `flat=True` reads a header with the extended magic as one flat image, as
+    the tape dumper writes it (tape.md §1.2).  Subclasses: multi-volume DASD
+    (backends/s390mv.py) walks the segments over several volumes.
+    """
+
+    format_name = "s390"        # meta.format of a flat dump
+    multi_volume = False        # True: headers with mvdump/volnr are expected
+    end_source: Source | None = None    # where the end marker is, if not on `source`
+
+    def __init__(self, source: Source, layout: Layout, *, flat: bool = False):
         self.source = source
         self.base = layout.base
         self.layout = layout
@@ -224,7 +234,7 @@ class S390Dump:
             raise DumpError(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
                             f"needs 4096 bytes, the source ends at {source.size:#x}")
         self.hdr = hdr = DumpHeader.parse(raw)
-        self.extended = hdr.magic == MAGIC_S390_EXT
+        self.extended = hdr.magic == MAGIC_S390_EXT and not flat
         where = f"{source.name}: s390 dump header" + (f" at {self.base:#x}" if self.base else "")
         # plain headers before version 5 have no cpu_cnt/lc_vec, before version 2 no arch
         self.legacy = not self.extended and hdr.version < 5
@@ -249,7 +259,7 @@ class S390Dump:
             raise DumpError(f"{where}: volume {hdr.volnr} of a non-extended multi-volume dump "
                             f"(ZMULT64); its memory slice starts where volume {hdr.volnr - 1}'s "
                             f"ends, so it cannot be read alone: open volume 0")
-        if not self.legacy_mv and (hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr)):
+        if not self.legacy_mv and not self.multi_volume and (hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr)):
             raise DumpError(f"{where}: volume {hdr.volnr} of a multi-volume dump; "
                             f"open the whole multi-volume set instead")
         self.mem_size = hdr.mem_size
@@ -271,44 +281,54 @@ class S390Dump:
         self.end_tod = self._check_end_marker(end_marker_offset)
 
     def _walk_segments(self) -> int | None:
-        """Reads every segment header; returns where the end marker should be, None if nowhere.
+        """Reads every segment header; returns where the end marker should be, None if nowhere."""
+        end, stopped = self.walk_segments(self.source, self.base + HEADER_SIZE)
+        return end if stopped else None
 
-        Each step moves on by at least one 4 KiB header, and a header that
-        is empty, out of order or past the source stops the walk: no hang on
-        zeros or stale data after an interrupted dump.
+    def walk_segments(self, source: Source, offset: int, limit: int | None = None) -> tuple[int | None, bool]:
+        """Segment headers from `offset` on; returns (offset after the last one, stop marker seen).
+
+        None: a problem ended the walk (recorded in `problems`).  No header
+        starts at or past `limit` (a multi-volume partition's last usable
+        block).  Each step moves on by at least one 4 KiB header, and a
+        header that is empty, out of order or past the source stops the
+        walk: no hang on zeros or stale data after an interrupted dump.
         """
-        source, hdr = self.source, self.hdr
-        offset = self.base + HEADER_SIZE
-        previous_end = 0
-        for number in range(source.size // SEGMENT_HEADER_SIZE + 1):
+        hdr = self.hdr
+        previous_end = self.segments[-1].end if self.segments else 0
+        for _ in range(source.size // SEGMENT_HEADER_SIZE + 1):
+            if limit is not None and offset >= limit:
+                return offset, False
+            number = len(self.segments)
             raw = source.read(offset, SEGMENT_HEADER_SIZE)
-            what = f"segment header #{number} at {offset:#x}"
+            what = f"segment header #{number} at {offset:#x}" + \
+                (f" of {source.name}" if source is not self.source else "")
             if len(raw) < SEGMENT_HEADER_SIZE:
                 self.problems.append(f"{what} is missing: the source ends at {source.size:#x}")
-                return None
+                return None, False
             start, length, stop_marker, size_on_disk, entry_count = struct.unpack_from(SEGMENT_FORMAT, raw)
             data = offset + SEGMENT_HEADER_SIZE
             if length == 0:
                 if stop_marker:         # the dumper's empty last segment: no data
-                    return data
+                    return data, True
                 self.problems.append(f"{what} is empty and not the last one: "
                                      f"the dump was interrupted")
-                return None
+                return None, False
             if start + length > self.mem_size:
                 self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} lies past "
                                      f"mem_size {self.mem_size:#x}; the segments end here")
-                return None
+                return None, False
             entries: tuple[int, ...] = ()
             if size_on_disk:
                 unit = hdr.zlib_entry_size
                 if hdr.version != 2 or not unit:
                     self.problems.append(f"{what}: compressed, but the header (version {hdr.version}, "
                                          f"zlib_entry_size {unit}) allows no compression")
-                    return None
+                    return None, False
                 if entry_count != -(-length // unit) or entry_count > ENTRY_MAX:
                     self.problems.append(f"{what}: entry_count {entry_count} does not fit "
                                          f"{length:#x} bytes in {unit:#x}-byte entries")
-                    return None
+                    return None, False
                 entries = struct.unpack_from(f">{entry_count}I", raw, SEGMENT_ENTRIES)
                 on_disk = size_on_disk * self.block_size
             else:
@@ -318,18 +338,19 @@ class S390Dump:
                 self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} overlaps the "
                                      f"previous segment (ends {previous_end:#x}); its overlapping "
                                      f"part is ignored")
-            segment = Segment(number, start, length, data, stored, on_disk if size_on_disk else 0, entries)
+            segment = Segment(number, start, length, data, stored, on_disk if size_on_disk else 0,
+                              entries, None if source is self.source else source)
             self.segments.append(segment)
             previous_end = max(previous_end, start + length)
             if stored < on_disk:
                 self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} is cut off: "
                                      f"{on_disk:#x} bytes of data, the source ends after {stored:#x}")
-                return None
+                return None, False
             offset = data + on_disk
             if stop_marker:
-                return offset
+                return offset, True
         self.problems.append("more segment headers than the source can hold")
-        return None
+        return None, False
 
     def _check_end_marker(self, offset: int | None) -> int | None:
         if offset is None:
@@ -337,9 +358,10 @@ class S390Dump:
                                  if self.extended or not self.problems else
                                  "no end marker: the source ends before it")
             return None
-        raw = self.source.read(offset, EndMarker.sizeof())
+        source = self.end_source or self.source
+        raw = source.read(offset, EndMarker.sizeof())
         if len(raw) < EndMarker.sizeof():
-            self.problems.append(f"no end marker at {offset:#x}: the source ends at {self.source.size:#x}")
+            self.problems.append(f"no end marker at {offset:#x}: the source ends at {source.size:#x}")
             return None
         marker = EndMarker.parse(raw)
         if marker.str != END_MARKER_MAGIC:
@@ -391,7 +413,7 @@ class S390Dump:
 
     def _reader(self, segment: Segment, skip: int):
         if not segment.size_on_disk:
-            read, data = self.source.read, segment.data + skip
+            read, data = (segment.source or self.source).read, segment.data + skip
 
             def read_raw(offset: int, length: int) -> bytes:
                 got = read(data + offset, length)
@@ -436,7 +458,7 @@ class S390Dump:
         if not start < limit <= segment.stored:
             raise MemoryUnavailable(address, f"zlib entry {index} of segment #{segment.number} "
                                              f"has a bad offset {value:#x}")
-        raw = self.source.read(segment.data + start, min(limit - start, size + 0x10000))
+        raw = (segment.source or self.source).read(segment.data + start, min(limit - start, size + 0x10000))
         if value & ENTRY_UNCOMPRESSED:
             data = raw
         else:
