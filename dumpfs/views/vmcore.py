@@ -103,8 +103,10 @@ def build_vmcore(dump: Dump) -> ExtentFile:
     for segment in segments:
         # keep file offsets congruent to addresses modulo the page size
         position += (segment.start - position) % page
+        # p_align 0 as in the kernel's /proc/vmcore: crash tells a kdump ELF from an old
+        # netdump one by it, and only applies KASLR detection to kdump files
         phdrs.append(struct.pack(prefix + PHDR_FORMAT, PT_LOAD, PF_R | PF_W | PF_X, position,
-                                 segment.start, segment.start, segment.filesz, segment.memsz, page))
+                                 segment.start, segment.start, segment.filesz, segment.memsz, 0))
         for chunk in segment.chunks:
             offset_in_segment = chunk.start - segment.start
             if offset_in_segment >= segment.filesz:
