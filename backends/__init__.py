@@ -16,6 +16,7 @@ from dumpfs.source import FileSource, Source
 BACKENDS = [
     "flattened",   # makedumpfile flattened stream around a kdump or ELF file
     "kdump",       # kdump-compressed (makedumpfile, QEMU)
+    "vmdump",      # z/VM VMDUMP spool file (vmur rec)
     "s390",        # IBM Z stand-alone dump (s390, s390_ext), image or DASD
     "elf",         # ELF64 core (/proc/vmcore style)
 ]

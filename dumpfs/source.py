@@ -89,3 +89,64 @@ class BytesSource(Source):
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.data[offset:offset + max(length, 0)])
+
+
+class WindowSource(Source):
+    """`size` bytes of another source from `offset`: a partition, a dump behind a boot record."""
+
+    def __init__(self, inner: Source, offset: int, size: int, name: str | None = None):
+        self.inner = inner
+        self.offset = offset
+        self.size = max(0, min(size, inner.size - offset))
+        self.name = name or f"{inner.name}@{offset:#x}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = min(length, self.size - offset)
+        if length <= 0 or offset < 0:
+            return b""
+        return self.inner.read(self.offset + offset, length)
+
+
+class RunsSource(Source):
+    """A file scattered over another source (a file in a file system image).
+
+    `runs` are (inner offset or None for a hole of zeros, length) in file
+    order; the file is `size` bytes long.
+    """
+
+    def __init__(self, inner: Source, runs: list[tuple[int | None, int]], size: int, name: str):
+        import bisect
+        self._bisect = bisect.bisect_right
+        self.inner = inner
+        self.name = name
+        self.size = size
+        self._starts: list[int] = []
+        self._runs: list[tuple[int | None, int]] = []
+        position = 0
+        for where, length in runs:
+            if length > 0:
+                self._starts.append(position)
+                self._runs.append((where, length))
+                position += length
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = min(length, self.size - offset)
+        if length <= 0 or offset < 0:
+            return b""
+        parts = []
+        i = self._bisect(self._starts, offset) - 1
+        while length > 0 and 0 <= i < len(self._runs):
+            where, run = self._runs[i]
+            inner = offset - self._starts[i]
+            part = min(length, run - inner)
+            if where is None:
+                parts.append(bytes(part))
+            else:
+                data = self.inner.read(where + inner, part)
+                parts.append(data)
+                if len(data) < part:
+                    break
+            offset += part
+            length -= part
+            i += 1
+        return b"".join(parts)
