@@ -17,6 +17,7 @@ BACKENDS = [
     "flattened",   # makedumpfile flattened stream around a kdump or ELF file
     "kdump",       # kdump-compressed (makedumpfile, QEMU)
     "vmdump",      # z/VM VMDUMP spool file (vmur rec)
+    "lkcd",        # LKCD v8 s390 (old zfcpdump files dump.N, vmconvert)
     "s390",        # IBM Z stand-alone dump (s390, s390_ext), image or DASD
     "elf",         # ELF64 core (/proc/vmcore style)
 ]
