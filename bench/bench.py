@@ -46,6 +46,8 @@ DUMPFS = [sys.executable, "-m", "dumpfs"]
 MiB = 1 << 20
 TiB = 1 << 40
 
+MARKER = "<!-- analysis: kept by bench.py across runs -->"
+
 TARGET_ELF_RATIO = 0.5
 TARGET_MOUNT_S = 2.0
 TARGET_RSS_MIB = 150
@@ -368,7 +370,11 @@ def main() -> int:
     text = report(throughput, zref, sparse, args.repeat)
     print(text)
     if not args.no_write:
-        (HERE / "RESULTS.md").write_text(text)
+        # keep the hand-written analysis below the marker across runs
+        results = HERE / "RESULTS.md"
+        old = results.read_text() if results.exists() else ""
+        tail = old[old.index(MARKER):] if MARKER in old else MARKER + "\n"
+        results.write_text(text + "\n" + tail)
     return 0
 
 
