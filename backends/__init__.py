@@ -18,6 +18,7 @@ BACKENDS = [
     "kdump",       # kdump-compressed (makedumpfile, QEMU)
     "vmdump",      # z/VM VMDUMP spool file (vmur rec)
     "lkcd",        # LKCD v8 s390 (old zfcpdump files dump.N, vmconvert)
+    "s390mv",      # IBM Z multi-volume DASD dump (s390mv_ext): disk or member partition
     "s390",        # IBM Z stand-alone dump (s390, s390_ext), image or DASD
     "elf",         # ELF64 core (/proc/vmcore style)
 ]
@@ -35,8 +36,10 @@ def open_source(source: Source) -> Dump:
     for module in backend_modules():
         if module.detect(source):
             dump = module.open(source)
-            dump.sources.append(source.name)
-            dump.resources.append(source)
+            if source.name not in dump.sources:
+                dump.sources.append(source.name)
+            if source not in dump.resources:
+                dump.resources.append(source)
             _complete_from_memory(dump)
             return dump
     head = source.read(0, 16)
@@ -53,7 +56,74 @@ def _complete_from_memory(dump: Dump) -> None:
         dump.meta.kernel_release = dump.vmcoreinfo.get("OSRELEASE")
 
 
+def open_sources(sources: list[Source], *, partial: bool = False) -> list[Dump]:
+    """Open several sources; the volumes of one multi-volume dump become one Dump.
+
+    Dumps come in the order of their first source.  `partial`: open a
+    multi-volume dump with volumes missing (their memory is MISSING).
+    On failure every source is closed.
+    """
+    from dumpfs.backends import s390mv
+
+    dumps: list[Dump] = []
+    try:
+        groups, rest = s390mv.group(sources)
+        firsts = {id(g[0].source): g for g in groups}
+        for source in sources:
+            if id(source) in firsts:
+                members = firsts[id(source)]
+                search = any(m.source.is_block_device for m in members)
+                dump = s390mv.open_members(members, search=search, partial=partial)
+                _complete_from_memory(dump)
+                dumps.append(dump)
+            elif source in rest:
+                dumps.append(open_source(source))
+    except BaseException:
+        for dump in dumps:
+            dump.close()
+        for source in sources:
+            source.close()
+        raise
+    return dumps
+
+
+def open_paths(paths: list[str], *, partial: bool = False) -> list[Dump]:
+    """open_sources for paths given on the command line."""
+    sources: list[Source] = []
+    tapes: dict[str, Dump] = {}
+    try:
+        for path in paths:
+            tape = _tape_device(path)
+            if tape is not None:
+                _complete_from_memory(tape)
+                tapes[path] = tape
+            else:
+                sources.append(FileSource(path))
+    except BaseException:
+        for source in sources:
+            source.close()
+        for dump in tapes.values():
+            dump.close()
+        raise
+    dumps = open_sources(sources, partial=partial)
+    if not tapes:
+        return dumps
+    by_first = {d.sources[0]: d for d in dumps if d.sources}
+    ordered = [tapes[p] if p in tapes else by_first.get(p) for p in paths]
+    return [d for d in ordered if d is not None]
+
+
+def _tape_device(path: str) -> Dump | None:
+    """A tape character device is no random-access Source: the tape backend reads it itself."""
+    from dumpfs.backends import tape
+    return tape.open_device(path) if tape.is_tape_device(path) else None
+
+
 def open_dump(path: str) -> Dump:
+    dump = _tape_device(path)
+    if dump is not None:
+        _complete_from_memory(dump)
+        return dump
     source = FileSource(path)
     try:
         return open_source(source)

@@ -81,6 +81,12 @@ def _open(path: str):
     return open_dump(path)
 
 
+def _open_all(paths: list[str], partial: bool = False) -> list:
+    """Several sources; the volumes of one multi-volume dump become one dump."""
+    from dumpfs.backends import open_paths
+    return open_paths(paths, partial=partial)
+
+
 # -- mount -------------------------------------------------------------
 
 def _check_mountpoint(path: str) -> str:
@@ -126,9 +132,9 @@ def cmd_mount(args) -> int:
     options = [o.strip() for group in args.options for o in group.split(",") if o.strip()]
     direct_io = "direct_io" in options      # ours, not libfuse's: bypass the page cache
     options = [o for o in options if o != "direct_io"]
-    dumps = [_open(path) for path in args.sources]
+    dumps = _open_all(args.sources, args.partial)
     mountpoint = _check_mountpoint(args.mountpoint)
-    root = _build_root(dumps, args.sources)
+    root = _build_root(dumps, [d.sources[0] if d.sources else "dump" for d in dumps])
 
     from dumpfs import fuse
     if args.foreground:
@@ -231,17 +237,20 @@ def cmd_umount(args) -> int:
 
 def cmd_info(args) -> int:
     from dumpfs.views.info import info_json, info_text
-    dump = _open(args.source)
+    dumps = _open_all(args.sources, args.partial)
     try:
-        if args.json:
-            text = json.dumps(info_json(dump), indent=2, default=str) + "\n"
-        else:
-            text = info_text(dump)
-            text += "" if text.endswith("\n") else "\n"
-        sys.stdout.write(text)
+        texts = []
+        for dump in dumps:
+            if args.json:
+                texts.append(json.dumps(info_json(dump), indent=2, default=str) + "\n")
+            else:
+                text = info_text(dump)
+                texts.append(text + ("" if text.endswith("\n") else "\n"))
+        sys.stdout.write("\n".join(texts))
         sys.stdout.flush()
     finally:
-        dump.close()
+        for dump in dumps:
+            dump.close()
     return OK
 
 
@@ -349,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FUSE mount options, e.g. allow_other (needs user_allow_other in "
                         "/etc/fuse.conf for non-root users); direct_io bypasses the page "
                         "cache (slower for tools that re-read pages)")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="dump file or block device")
+    p.add_argument("--partial", action="store_true",
+                   help="mount a multi-volume dump even with volumes missing (their memory "
+                        "reads as missing)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="dump file, block device or tape; the volumes of a multi-volume "
+                        "DASD dump together make one dump")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     p.set_defaults(func=cmd_mount)
 
@@ -365,8 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print what the mounted `info` file would show.",
                        epilog="examples:\n  dumpfs info vmcore\n  dumpfs info --json vmcore\n\n"
                               + EXIT_CODES)
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a dump; several volumes of one multi-volume DASD dump are one dump")
     p.add_argument("--json", action="store_true", help="machine-readable, as info.json")
+    p.add_argument("--partial", action="store_true",
+                   help="describe a multi-volume dump even with volumes missing")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", parents=[common], formatter_class=fmt,
