@@ -19,23 +19,25 @@ class KernelUnavailable(Exception):
 
 
 class KernelContext:
-    def __init__(self, dump: Dump, system_map=None, vmlinux=None):
+    def __init__(self, dump: Dump, system_map=None, vmlinux=None, btf=None):
         self.dump = dump
         self.system_map = system_map
         self.vmlinux = vmlinux
+        self.btf = btf
         self.notes: list[str] = []          # how things were found
         self.problems: list[str] = []       # what could not be read, and why
         self._cells: dict[str, object] = {}
         self._lock = threading.RLock()
 
-    def _once(self, key: str, compute):
+    def _once(self, key: str, compute, problem: bool = True):
         with self._lock:
             if key not in self._cells:
                 try:
                     self._cells[key] = (True, compute())
                 except KernelUnavailable as exc:
                     self._cells[key] = (False, str(exc))
-                    self._problem(f"{key}: {exc}")
+                    if problem:
+                        self._problem(f"{key}: {exc}")
             ok, value = self._cells[key]
         if not ok:
             raise KernelUnavailable(value)
@@ -108,15 +110,41 @@ class KernelContext:
             raise KernelUnavailable("no init_uts_ns, no VMCOREINFO OSRELEASE, no release in the header")
         return self._once("kernel release", compute)
 
+    @property
+    def types(self):
+        """Type layouts (a types.Types): --btf file, else the --vmlinux's DWARF, else the
+        kernel's own BTF.  Failing, the message says what processes need."""
+        def compute():
+            from dumpfs.kernel.types_source import kernel_types
+            types, notes, reason = kernel_types(self)
+            self.notes.extend(f"types: {n}" for n in notes)
+            if types is None:
+                self.notes.append(f"processes: {reason}")
+                raise KernelUnavailable(reason)
+            return types
+        return self._once("types", compute, problem=False)
+
+    @property
+    def tasks(self):
+        """A tasks.TaskWalker over the kernel's task list."""
+        def compute():
+            from dumpfs.kernel.tasks import TaskWalker, WalkError
+            try:
+                return TaskWalker(self.memory, self.symbols, self.types)
+            except WalkError as exc:
+                self.notes.append(f"processes: {exc}")
+                raise KernelUnavailable(f"processes cannot be listed: {exc}") from None
+        return self._once("tasks", compute, problem=False)
+
 
 _contexts_lock = threading.Lock()
 
 
-def kernel_context(dump: Dump, system_map=None, vmlinux=None) -> KernelContext:
+def kernel_context(dump: Dump, system_map=None, vmlinux=None, btf=None) -> KernelContext:
     """The dump's KernelContext (created on first call; later arguments are ignored)."""
     with _contexts_lock:
         context = getattr(dump, "_kernel_context", None)
         if context is None:
-            context = KernelContext(dump, system_map, vmlinux)
+            context = KernelContext(dump, system_map, vmlinux, btf)
             dump._kernel_context = context
         return context

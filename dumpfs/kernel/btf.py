@@ -1,0 +1,227 @@
+"""BTF (include/uapi/linux/btf.h): the kernel's compact type information.
+
+    struct btf_header { u16 magic 0xeB9F; u8 version, flags; u32 hdr_len;
+                        u32 type_off, type_len, str_off, str_len; }
+    struct btf_type   { u32 name_off; u32 info (vlen 0-15, kind 24-28, kind_flag 31);
+                        u32 size_or_type; } followed by kind-specific data
+
+One pass over the type section records where each type starts and indexes
+the named structs, unions and enums; a struct's members are read when first
+asked for.  The blob comes from the dump (`__start_BTF`..`__stop_BTF`, read
+through the kernel's page tables) or from a file (/sys/kernel/btf/vmlinux,
+or a vmlinux's .BTF section).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from dumpfs.kernel.types import StructLayout, Types, flatten_into
+
+BTF_MAGIC = 0xEB9F
+MAX_BTF = 64 << 20
+MAX_TYPES = 1 << 21
+
+(KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD, KIND_TYPEDEF,
+ KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC,
+ KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64) = range(1, 20)
+_QUALIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
+
+
+class BtfError(Exception):
+    """Not BTF, or damaged; the message says what."""
+
+
+def _extra_size(kind: int, vlen: int) -> int:
+    if kind in (KIND_INT, KIND_VAR, KIND_DECL_TAG):
+        return 4
+    if kind == KIND_ARRAY:
+        return 12
+    if kind in (KIND_STRUCT, KIND_UNION, KIND_DATASEC, KIND_ENUM64):
+        return 12 * vlen
+    if kind in (KIND_ENUM, KIND_FUNC_PROTO):
+        return 8 * vlen
+    return 0
+
+
+class BtfTypes(Types):
+    def __init__(self, blob: bytes, source: str = "BTF"):
+        super().__init__()
+        self.source = source
+        if len(blob) < 24:
+            raise BtfError("too short for a BTF header")
+        for prefix in ("<", ">"):
+            if struct.unpack_from(prefix + "H", blob)[0] == BTF_MAGIC:
+                break
+        else:
+            raise BtfError(f"bad magic {blob[:2].hex()} (not BTF)")
+        self.prefix = prefix
+        _magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from(prefix + "HBBIIIII", blob)
+        types_start, strings_start = hdr_len + type_off, hdr_len + str_off
+        if types_start + type_len > len(blob) or strings_start + str_len > len(blob):
+            raise BtfError("type or string section runs past the end of the blob")
+        self.blob = memoryview(blob)
+        self.strings = bytes(blob[strings_start:strings_start + str_len])
+        self._headers = struct.Struct(prefix + "III")
+        self._offsets = [0]         # type id -> offset of its btf_type (id 0 is void)
+        self._named: dict[tuple[int, str], int] = {}
+        position, end = types_start, types_start + type_len
+        unpack = self._headers.unpack_from
+        while position < end:
+            if len(self._offsets) > MAX_TYPES:
+                raise BtfError(f"more than {MAX_TYPES} types")
+            name_off, info, _size = unpack(blob, position)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            if kind in (KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64) and name_off:
+                key = (KIND_STRUCT if kind == KIND_UNION else
+                       KIND_ENUM if kind == KIND_ENUM64 else kind, self._name(name_off))
+                self._named.setdefault(key, len(self._offsets))
+            self._offsets.append(position)
+            position += 12 + _extra_size(kind, vlen)
+        if position != end:
+            raise BtfError("the last type runs past the type section")
+
+    def _name(self, offset: int) -> str:
+        end = self.strings.find(b"\0", offset)
+        return self.strings[offset:end if end >= 0 else None].decode("utf-8", "replace")
+
+    def _type(self, type_id: int) -> tuple[int, int, int, int, int]:
+        """(kind, vlen, kind_flag, name_off, size_or_type) of a type id."""
+        if not 0 < type_id < len(self._offsets):
+            raise BtfError(f"type id {type_id} out of range")
+        name_off, info, size = self._headers.unpack_from(self.blob, self._offsets[type_id])
+        return (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, name_off, size
+
+    def _resolve(self, type_id: int) -> int:
+        """Skip typedefs and qualifiers (bounded: BTF may be hostile)."""
+        for _ in range(64):
+            if type_id == 0:
+                return 0
+            kind, _vlen, _kf, _name, target = self._type(type_id)
+            if kind not in _QUALIFIERS:
+                return type_id
+            type_id = target
+        raise BtfError("typedef chain too long")
+
+    def _size(self, type_id: int, depth: int = 0) -> int:
+        type_id = self._resolve(type_id)
+        if type_id == 0 or depth > 16:
+            return 0
+        kind, _vlen, _kf, _name, size = self._type(type_id)
+        if kind == KIND_PTR:
+            return 8
+        if kind == KIND_ARRAY:
+            elem, _index, count = struct.unpack_from(self.prefix + "III", self.blob,
+                                                     self._offsets[type_id] + 12)
+            return count * self._size(elem, depth + 1)
+        if kind in (KIND_FUNC, KIND_FUNC_PROTO, KIND_FWD):
+            return 0
+        return size
+
+    def _describe(self, type_id: int) -> tuple[str, int, list | None]:
+        """(type string, element count, nested members if an anonymous aggregate)."""
+        type_id = self._resolve(type_id)
+        if type_id == 0:
+            return "void", 0, None
+        kind, _vlen, _kf, name_off, _size = self._type(type_id)
+        name = self._name(name_off) if name_off else ""
+        if kind == KIND_PTR:
+            return "*", 0, None
+        if kind == KIND_ARRAY:
+            elem, _index, count = struct.unpack_from(self.prefix + "III", self.blob,
+                                                     self._offsets[type_id] + 12)
+            return "array", count, None
+        if kind in (KIND_STRUCT, KIND_UNION):
+            word = "struct" if kind == KIND_STRUCT else "union"
+            if not name:
+                return f"{word} <anonymous>", 0, self._members(type_id)
+            return f"{word} {name}", 0, None
+        if kind in (KIND_ENUM, KIND_ENUM64):
+            return f"enum {name}", 0, None
+        return name or "?", 0, None
+
+    def _members(self, type_id: int, depth: int = 0) -> list:
+        kind, vlen, kind_flag, _name, _size = self._type(type_id)
+        out = []
+        base = self._offsets[type_id] + 12
+        for i in range(vlen):
+            name_off, member_type, offset = struct.unpack_from(self.prefix + "III", self.blob,
+                                                               base + 12 * i)
+            bit_size = (offset >> 24) if kind_flag else 0
+            bit_offset = offset & 0xFFFFFF if kind_flag else offset
+            if not kind_flag:
+                # without kind_flag a bitfield's width sits in its INT type
+                resolved = self._resolve(member_type)
+                if resolved and self._type(resolved)[0] == KIND_INT:
+                    encoding = struct.unpack_from(self.prefix + "I", self.blob,
+                                                  self._offsets[resolved] + 12)[0]
+                    bits, extra = encoding & 0xFF, (encoding >> 16) & 0xFF
+                    if bits != self._size(resolved) * 8 or extra:
+                        bit_size, bit_offset = bits, bit_offset + extra
+            type_string, count, nested = ("?", 0, None)
+            if depth < 8:
+                type_string, count, nested = self._describe(member_type)
+            out.append((self._name(name_off) if name_off else None, bit_offset,
+                        self._size(member_type), bit_size, type_string, count, nested))
+        return out
+
+    # -- Types ----------------------------------------------------------------
+    def _struct(self, name: str) -> StructLayout | None:
+        type_id = self._named.get((KIND_STRUCT, name))
+        if type_id is None:
+            return None
+        members: dict = {}
+        flatten_into(members, "", 0, self._members(type_id))
+        return StructLayout(name, self._type(type_id)[4], members)
+
+    def _enum(self, name: str) -> dict[str, int] | None:
+        type_id = self._named.get((KIND_ENUM, name))
+        if type_id is None:
+            return None
+        kind, vlen, kind_flag, _name, _size = self._type(type_id)
+        base = self._offsets[type_id] + 12
+        values = {}
+        for i in range(vlen):
+            if kind == KIND_ENUM:
+                name_off, value = struct.unpack_from(self.prefix + "Ii" if kind_flag == 0 else
+                                                     self.prefix + "Ii", self.blob, base + 8 * i)
+            else:
+                name_off, lo, hi = struct.unpack_from(self.prefix + "III", self.blob, base + 12 * i)
+                value = hi << 32 | lo
+            values[self._name(name_off)] = value
+        return values
+
+
+def btf_from_memory(kmem, symbols) -> BtfTypes:
+    """The kernel's own BTF (CONFIG_DEBUG_INFO_BTF), between __start_BTF and __stop_BTF."""
+    start, stop = symbols.address("__start_BTF"), symbols.address("__stop_BTF")
+    if start is None or stop is None:
+        raise BtfError("no BTF in this kernel's symbols (CONFIG_DEBUG_INFO_BTF off, or "
+                       "__start_BTF unknown without CONFIG_KALLSYMS_ALL)")
+    if not 24 <= stop - start <= MAX_BTF:
+        raise BtfError(f"__start_BTF..__stop_BTF spans an absurd {stop - start} bytes")
+    from dumpfs.model import MemoryUnavailable
+    try:
+        blob = kmem.read(start, stop - start)
+    except MemoryUnavailable as exc:
+        raise BtfError(f"BTF at {start:#x} unreadable: {exc}") from None
+    return BtfTypes(blob, f"BTF in the dump ({stop - start} bytes at {start:#x})")
+
+
+def btf_from_file(path) -> BtfTypes:
+    """A raw BTF file, or an ELF (vmlinux) with a .BTF section."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head == b"\x7fELF":
+            from elftools.elf.elffile import ELFFile
+            section = ELFFile(f).get_section_by_name(".BTF")
+            if section is None:
+                raise BtfError(f"{path}: ELF without a .BTF section")
+            blob = section.data()
+        else:
+            blob = f.read(MAX_BTF + 1)
+    if len(blob) > MAX_BTF:
+        raise BtfError(f"{path}: larger than {MAX_BTF} bytes")
+    return BtfTypes(blob, f"BTF file {path}")
