@@ -237,7 +237,7 @@ class S390Dump:
         self.extended = hdr.magic == MAGIC_S390_EXT and not flat
         where = f"{source.name}: s390 dump header" + (f" at {self.base:#x}" if self.base else "")
         # plain headers before version 5 have no cpu_cnt/lc_vec, before version 2 no arch
-        self.legacy = not self.extended and hdr.version < 5
+        self.legacy = hdr.magic != MAGIC_S390_EXT and hdr.version < 5
         self.cpu_cnt = 0 if self.legacy else hdr.cpu_cnt
         # the removed non-extended multi-volume dumper (ZMULT64): ...FD magic and signature
         self.legacy_mv = not self.extended and hdr.mvdump_sign == MAGIC_S390

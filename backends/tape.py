@@ -19,6 +19,7 @@ s390 layout, but with the extended magic (...FE).
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import json
@@ -101,26 +102,26 @@ def plain_base(source: Source) -> int | None:
 
 
 def is_aws(source: Source) -> bool:
-    """An AWSTAPE file: a chain of consistent block headers holding a dump header."""
+    """An AWSTAPE file: a chain of consistent block headers, starting with the tape dump tool
+    or a 4 KiB block (file 2 alone)."""
     offset, previous = 0, 0
-    for _ in range(4):
+    for n in range(3):
         raw = source.read(offset, 6)
         if len(raw) < 6:
-            return False
+            return n > 0
         h = AwsHeader.parse(raw)
         if h.prvblkl != previous or h.flags2 or h.flags1 & ~(AWS_NEWREC | AWS_TAPEMARK | AWS_ENDREC):
             return False
         if h.flags1 & AWS_TAPEMARK:
-            if h.curblkl:
+            if h.curblkl or n == 0:
                 return False
-        elif h.curblkl == HEADER_SIZE and h.flags1 & AWS_NEWREC:
-            head = source.read(offset + 6, 8)
-            return len(head) == 8 and struct.unpack(">Q", head)[0] in (MAGIC_S390, MAGIC_S390_EXT)
+        elif n == 0 and (h.curblkl != HEADER_SIZE and source.read(6, 16) != TOOL_HEAD):
+            return False
         elif not h.curblkl:
             return False
         offset += 6 + h.curblkl
         previous = h.curblkl
-    return False
+    return True
 
 
 def detect(source: Source) -> bool:
@@ -197,7 +198,7 @@ def copy_to_cache(blocks, name: str, identity: str) -> tuple[str, dict]:
     path = os.path.join(directory, key + ".s390")
     meta_path = path + ".json"
     try:
-        with open(meta_path) as f:
+        with builtins.open(meta_path) as f:
             facts = json.load(f)
         if facts.get("identity") == identity and os.path.getsize(path) == facts["size"]:
             return path, facts
@@ -208,7 +209,7 @@ def copy_to_cache(blocks, name: str, identity: str) -> tuple[str, dict]:
     tmp = f"{path}.tmp{os.getpid()}"
     bar = None
     try:
-        with open(tmp, "wb") as out:
+        with builtins.open(tmp, "wb") as out:
             bar = _scan(blocks, out, facts, name)
             facts["size"] = out.tell()
         os.replace(tmp, path)
@@ -217,7 +218,7 @@ def copy_to_cache(blocks, name: str, identity: str) -> tuple[str, dict]:
             bar.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
-    with open(meta_path + ".tmp", "w") as f:
+    with builtins.open(meta_path + ".tmp", "w") as f:
         json.dump(facts, f)
     os.replace(meta_path + ".tmp", meta_path)
     return path, facts
@@ -285,6 +286,7 @@ class TapeDump(s390.S390Dump):
 
     def meta(self):
         meta = super().meta()
+        meta.format = "s390tape"
         meta.writer = "tape dump tool"
         return meta
 
