@@ -74,7 +74,7 @@ class MmWalker:
             self.mm = Offsets(types, "mm_struct",
                               ("pgd", "start_brk", "brk", "start_stack", "arg_start", "arg_end",
                                "env_start", "env_end"),
-                              ("mm_mt.ma_root", "mmap", "task_size", "context.asce", "map_count",
+                              ("mm_mt.ma_root", "mmap", "task_size", "context.asce", "context.asce_limit", "map_count",
                                "saved_auxv"))
             self.vma = Offsets(types, "vm_area_struct",
                                ("vm_start", "vm_end", "vm_mm", "vm_flags", "vm_pgoff", "vm_file"),
@@ -155,7 +155,10 @@ class MmWalker:
         size = mm.get("task_size") or 0
         if self.dump.arch.name == "x86_64":
             return size if 0 < size <= 1 << 57 else X86_64_TASK_SIZE
-        return size if 0 < size <= 1 << 64 else 1 << 53
+        limit = mm.get("context.asce_limit") or 0     # s390x: what the ASCE reaches
+        if 0 < limit < 1 << 63:
+            return limit
+        return size if 0 < size < 1 << 63 else (1 << 63) - 4096   # st_size is signed
 
     # -- VMAs ---------------------------------------------------------------------
     def vma_addresses(self, mm: dict[str, int]) -> tuple[list[int], str | None]:

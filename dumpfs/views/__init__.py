@@ -18,6 +18,7 @@ from dumpfs.views.dump_s390 import dump_s390_file
 from dumpfs.views.info import info_json_text, info_text
 from dumpfs.views.kernel import kernel_dir
 from dumpfs.views.memory import memory_dir
+from dumpfs.views.proc import proc_dir
 from dumpfs.views.vmcore import vmcore_file
 
 
@@ -31,6 +32,7 @@ def build_tree(dump: Dump, name: str = "") -> Dir:
             cpus_dir(dump),
             memory_dir(dump),
             kernel_dir(dump),
+            proc_dir(dump),
         ] + ([dump_s390_file(dump)] if dump.arch.name == "s390x" else [])
         if dump.vmcoreinfo is not None:
             nodes.append(File.from_bytes("vmcoreinfo", dump.vmcoreinfo.text.encode()))

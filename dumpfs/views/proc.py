@@ -1,0 +1,385 @@
+"""proc/: the dumped machine's processes, shaped like /proc.
+
+    proc/<pid>/comm, cmdline, environ, status, maps      as /proc shows them
+    proc/<pid>/mem          the user address space, sparse at virtual offsets (size: the
+                            top of user space); unmapped or absent pages read EIO
+    proc/<pid>/core         an ELF core gdb loads: NT_PRSTATUS per thread (user registers
+                            from pt_regs at the top of each kernel stack), NT_PRPSINFO,
+                            NT_AUXV, NT_FILE, one PT_LOAD per VMA (absent pages: zeros)
+    proc/<pid>/regions/<start>-<end>   one file per mapping
+    proc/<pid>/task/<tid>/  comm, status, stat of each thread
+    proc/unavailable        instead of the processes, when they cannot be listed: why
+
+Kernel threads have no memory files.  Nothing is read before it is listed:
+proc/ walks the task list on first listing, a process's folder reads its
+mm_struct and VMAs on first use.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+from functools import cached_property
+
+from dumpfs.elf import ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_SIZE, PT_LOAD, PT_NOTE, EHDR_SIZE, \
+    Elf64Header
+from dumpfs.elfnote import build_note
+from dumpfs.kernel.context import KernelUnavailable, kernel_context
+from dumpfs.kernel.tasks import Task, WalkError
+from dumpfs.model import Dump, MemoryUnavailable, Note
+from dumpfs.tree import Dir, File
+from dumpfs.views.extents import Extent, ExtentFile
+
+NT_PRSTATUS, NT_PRPSINFO, NT_AUXV, NT_FILE = 1, 3, 6, 0x46494C45
+PRSTATUS_SIZE = 336
+PR_REG_OFFSET = 112
+ERRORS = (KernelUnavailable, MemoryUnavailable, WalkError)
+
+
+def _eio(what: str, exc: Exception) -> OSError:
+    return OSError(errno.EIO, f"{what}: {exc}")
+
+
+class LazyFile(File):
+    """Content computed once on first use; a failure is EIO (the reason kept for every call)."""
+
+    def __init__(self, name: str, compute):
+        self._compute = compute
+        self._result = None
+        self._lock = threading.Lock()
+        super().__init__(name, lambda: len(self._content()),
+                         lambda offset, length: self._content()[offset:offset + length])
+
+    def _content(self) -> bytes:
+        with self._lock:
+            if self._result is None:
+                try:
+                    self._result = (True, self._compute())
+                except ERRORS as exc:
+                    self._result = (False, str(exc))
+        ok, value = self._result
+        if not ok:
+            raise OSError(errno.EIO, f"{self.name}: {value}")
+        return value
+
+    @property
+    def size(self) -> int:
+        return len(self._content())
+
+
+class Process:
+    """One thread group: its task, threads, mm and VMAs, each read on first use."""
+
+    def __init__(self, procs: "Processes", task: Task):
+        self.procs = procs
+        self.task = task
+        self._lock = threading.RLock()
+
+    @cached_property
+    def threads(self) -> list[Task]:
+        return self.procs.walker.threads_of(self.task)
+
+    @cached_property
+    def mm(self) -> dict:
+        return self.procs.mm_walker.read_mm(self.task.mm)
+
+    @cached_property
+    def umem(self):
+        return self.procs.mm_walker.user_memory(self.mm)
+
+    @cached_property
+    def vma_walk(self):
+        return self.procs.mm_walker.vmas(self.mm)
+
+    @property
+    def vmas(self):
+        vmas, problem = self.vma_walk
+        if problem:
+            raise WalkError(f"pid {self.task.pid}: {problem}")
+        return vmas
+
+    @property
+    def task_size(self) -> int:
+        return self.procs.mm_walker.task_size(self.mm)
+
+    # -- /proc-style texts ----------------------------------------------------
+    def user_range(self, start_key: str, end_key: str) -> bytes:
+        return self.procs.mm_walker.read_range(self.umem, self.mm[start_key], self.mm[end_key])
+
+    def maps(self) -> bytes:
+        with self._lock:
+            vmas, problem = self.vma_walk
+        text = "".join(v.maps_line() + "\n" for v in vmas)
+        if problem and not vmas:
+            raise WalkError(f"pid {self.task.pid}: {problem}")
+        return text.encode()
+
+    def read_user(self, address: int, length: int) -> bytes:
+        """mem: every page of the request must be readable, else EIO (no short reads: FUSE
+        would take one for the end of the file)."""
+        try:
+            return self.umem.read(address, length)
+        except MemoryUnavailable as exc:
+            raise _eio(f"pid {self.task.pid} mem", exc) from None
+        except WalkError as exc:
+            raise _eio(f"pid {self.task.pid} mem", exc) from None
+
+    def read_user_or_zeros(self, address: int, length: int) -> bytes:
+        """core: absent pages read as zeros (a core cannot mark holes inside a PT_LOAD)."""
+        parts = []
+        end = address + length
+        while address < end:
+            step = min(end, (address | 0xFFF) + 1) - address
+            try:
+                parts.append(self.umem.read(address, step))
+            except (MemoryUnavailable, WalkError):
+                parts.append(bytes(step))
+            address += step
+        return b"".join(parts)
+
+
+def status_text(task: Task, threads: int | None) -> bytes:
+    lines = [f"Name:\t{task.comm}", f"State:\t{task.state_text}", f"Tgid:\t{task.tgid}",
+             f"Pid:\t{task.pid}", f"PPid:\t{task.ppid}",
+             "Uid:\t" + "\t".join(map(str, task.uids)), "Gid:\t" + "\t".join(map(str, task.gids))]
+    if threads is not None:
+        lines.append(f"Threads:\t{threads}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def stat_text(task: Task) -> bytes:
+    """The first fields of /proc/PID/stat: pid (comm) state ppid."""
+    return f"{task.pid} ({task.comm}) {task.state_text[0]} {task.ppid}\n".encode()
+
+
+class Processes:
+    def __init__(self, dump: Dump):
+        self.dump = dump
+        self.context = kernel_context(dump)
+
+    @cached_property
+    def walker(self):
+        return self.context.tasks
+
+    @cached_property
+    def mm_walker(self):
+        from dumpfs.kernel.mm import MmWalker
+        return MmWalker(self.context.memory, self.context.symbols, self.context.types)
+
+    def listing(self) -> list:
+        try:
+            tasks = self.walker.processes()
+        except ERRORS as exc:
+            return [File.from_bytes("unavailable", f"{exc}\n".encode())]
+        for problem in self.walker.problems:
+            self.context.notes.append(f"processes: {problem}")
+        return [process_dir(Process(self, task)) for task in tasks]
+
+    def status(self) -> str:
+        """For `info`: where types come from, or why there are no processes."""
+        try:
+            types = self.context.types
+            self.walker
+        except KernelUnavailable as exc:
+            return f"unavailable: {exc}"
+        return f"from the task list; types: {types.source}"
+
+
+def task_dir(process: Process, task: Task) -> Dir:
+    return Dir(str(task.pid), [
+        File.from_bytes("comm", (task.comm + "\n").encode()),
+        File.from_bytes("status", lambda: status_text(task, None)),
+        File.from_bytes("stat", lambda: stat_text(task)),
+    ])
+
+
+def process_dir(process: Process) -> Dir:
+    task = process.task
+
+    def children():
+        nodes = [
+            File.from_bytes("comm", (task.comm + "\n").encode()),
+            LazyFile("status", lambda: status_text(task, len(process.threads))),
+            File.from_bytes("stat", lambda: stat_text(task)),
+            Dir("task", lambda: [task_dir(process, t) for t in process.threads]),
+        ]
+        if task.is_kernel_thread:
+            nodes.append(File.from_bytes("cmdline", b""))
+            return nodes
+        nodes += [
+            LazyFile("cmdline", lambda: process.user_range("arg_start", "arg_end")),
+            LazyFile("environ", lambda: process.user_range("env_start", "env_end")),
+            LazyFile("maps", process.maps),
+            mem_file(process),
+            core_file(process),
+            Dir("regions", lambda: region_files(process)),
+        ]
+        return nodes
+    return Dir(str(task.pid), children)
+
+
+def mem_file(process: Process) -> File:
+    def size():
+        try:
+            return process.task_size
+        except ERRORS as exc:
+            raise _eio("mem", exc) from None
+    return File("mem", size, process.read_user)
+
+
+def region_files(process: Process) -> list:
+    try:
+        vmas = process.vma_walk[0]
+    except ERRORS:
+        return []
+    return [File(f"{v.start:08x}-{v.end:08x}", v.end - v.start,
+                 lambda offset, length, base=v.start: process.read_user(base + offset, length))
+            for v in vmas]
+
+
+# ---------------------------------------------------------------------------
+# core
+# ---------------------------------------------------------------------------
+
+def user_registers(process: Process, task: Task) -> bytes:
+    """pr_reg of NT_PRSTATUS (x86_64 user_regs_struct, s390x s390_regs), from the task's pt_regs."""
+    procs = process.procs
+    types = procs.context.types
+    regs = procs.walker.pt_regs(task)
+    kmem = procs.context.memory
+    prefix = kmem.prefix
+    arch = procs.dump.arch.name
+    if arch == "x86_64":
+        # pt_regs: r15 .. ss, the first 21 words of user_regs_struct
+        words = list(struct.unpack_from(prefix + "21Q", regs))
+        extra = [0] * 6             # fs_base gs_base ds es fs gs
+        try:
+            thread = task.address + types.offsetof("task_struct", "thread")
+            for i, name in enumerate(("fsbase", "gsbase", "ds", "es", "fsindex", "gsindex")):
+                member = types.member("thread_struct", name)
+                raw = kmem.read(thread + member.offset, member.size)
+                extra[i] = int.from_bytes(raw, "little")
+        except (MemoryUnavailable, Exception):  # noqa: BLE001 - segments are cosmetic
+            pass
+        return struct.pack(prefix + "27Q", *(words + extra))
+    if arch == "s390x":
+        psw = types.offsetof("pt_regs", "psw")
+        gprs = types.offsetof("pt_regs", "gprs")
+        mask, addr = struct.unpack_from(prefix + "QQ", regs, psw)
+        gpr = struct.unpack_from(prefix + "16Q", regs, gprs)
+        orig = struct.unpack_from(prefix + "Q", regs, types.offsetof("pt_regs", "orig_gpr2"))[0]
+        try:
+            acrs = kmem.array("I", task.address + types.offsetof("task_struct", "thread")
+                              + types.offsetof("thread_struct", "acrs"), 16)
+        except (MemoryUnavailable, Exception):  # noqa: BLE001
+            acrs = (0,) * 16
+        return struct.pack(prefix + "QQ16Q16IQ", mask, addr, *gpr, *acrs, orig)
+    raise WalkError(f"no user registers for {arch}")
+
+
+def prstatus(process: Process, task: Task) -> bytes:
+    prefix = process.procs.context.memory.prefix
+    head = struct.pack(prefix + "iiih2xQQiiii", 0, 0, 0, 0, 0, 0, task.pid, task.ppid,
+                       process.task.tgid, process.task.tgid)
+    head = head.ljust(PR_REG_OFFSET, b"\0")
+    try:
+        regs = user_registers(process, task)
+    except (ERRORS + (Exception,)):             # noqa: BLE001 - a thread without registers
+        regs = bytes(216)
+    return (head + regs).ljust(PRSTATUS_SIZE, b"\0")
+
+
+def prpsinfo(process: Process) -> bytes:
+    task = process.task
+    prefix = process.procs.context.memory.prefix
+    try:
+        args = process.user_range("arg_start", "arg_end")
+    except ERRORS:
+        args = b""
+    psargs = args.replace(b"\0", b" ").strip()[:79]
+    state = task.state_text
+    return struct.pack(prefix + "bcbb4xQIIiiii16s80s", "RSDTtXZPI".index(state[0]), state[0].encode(),
+                       1 if state[0] == "Z" else 0, 0, task.flags, task.uids[0], task.gids[0],
+                       task.pid, task.ppid, task.tgid, task.tgid, task.comm.encode()[:15], psargs)
+
+
+def nt_file(process: Process, vmas) -> bytes:
+    prefix = process.procs.context.memory.prefix
+    files = [v for v in vmas if v.file and v.name.startswith("/")]
+    body = struct.pack(prefix + "QQ", len(files), 4096)
+    body += b"".join(struct.pack(prefix + "QQQ", v.start, v.end, v.pgoff) for v in files)
+    return body + b"".join(v.name.encode() + b"\0" for v in files)
+
+
+def build_core(process: Process) -> ExtentFile:
+    dump = process.procs.dump
+    order = dump.arch.byteorder
+    prefix = "<" if order == "little" else ">"
+    vmas = process.vmas
+    notes = []
+    threads = process.threads
+    for task in threads:
+        notes.append(Note("CORE", NT_PRSTATUS, prstatus(process, task)))
+    notes.append(Note("CORE", NT_PRPSINFO, prpsinfo(process)))
+    auxv = process.mm.get("raw_auxv") or b""
+    if auxv:
+        notes.append(Note("CORE", NT_AUXV, auxv))
+    notes.append(Note("CORE", NT_FILE, nt_file(process, vmas)))
+    note_data = b"".join(build_note(n, order) for n in notes)
+    phnum = 1 + len(vmas)
+    notes_offset = EHDR_SIZE + PHDR_SIZE * phnum
+    position = (notes_offset + len(note_data) + 4095) // 4096 * 4096
+    phdrs = [struct.pack(prefix + PHDR_FORMAT, PT_NOTE, 0, notes_offset, 0, 0,
+                         len(note_data), 0, 4)]
+    extents = []
+    for v in vmas:
+        size = v.end - v.start
+        flags = (PF_R if v.flags & 1 else 0) | (PF_W if v.flags & 2 else 0) | (PF_X if v.flags & 4 else 0)
+        phdrs.append(struct.pack(prefix + PHDR_FORMAT, PT_LOAD, flags, position, v.start, 0,
+                                 size, size, 4096))
+        extents.append(Extent(position, size,
+                              lambda offset, length, base=v.start:
+                              process.read_user_or_zeros(base + offset, length)))
+        position += size
+    ehdr = Elf64Header[order].build(dict(
+        e_ident=b"\x7fELF" + bytes([2, 1 if order == "little" else 2, 1]) + bytes(9),
+        e_type=ET_CORE, e_machine=dump.arch.elf_machine, e_version=1, e_entry=0,
+        e_phoff=EHDR_SIZE, e_shoff=0, e_flags=0, e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE,
+        e_phnum=phnum, e_shentsize=0, e_shnum=0, e_shstrndx=0))
+    header = ehdr + b"".join(phdrs) + note_data
+    extents.append(Extent(0, len(header), header))
+    return ExtentFile(extents, size=position)
+
+
+def core_file(process: Process) -> File:
+    layout: list = []
+    lock = threading.Lock()
+
+    def get() -> ExtentFile:
+        with lock:
+            if not layout:
+                try:
+                    layout.append(build_core(process))
+                except ERRORS as exc:
+                    raise _eio("core", exc) from None
+            return layout[0]
+    return File("core", lambda: get().size, lambda offset, length: get().read(offset, length))
+
+
+# ---------------------------------------------------------------------------
+
+class _Status:
+    """A `details` value for `info` that is worked out only when info is rendered."""
+
+    def __init__(self, processes: Processes):
+        self.processes = processes
+
+    def __str__(self) -> str:
+        return self.processes.status()
+
+
+def proc_dir(dump: Dump) -> Dir:
+    processes = Processes(dump)
+    dump.meta.details.setdefault("processes", _Status(processes))
+    return Dir("proc", processes.listing)
