@@ -128,12 +128,24 @@ def _build_root(dumps: list, paths: list[str]):
     return Dir("", [build_tree(d, name) for d, name in zip(dumps, _unique_names(paths))])
 
 
+def _kernel_sources(dumps: list, args) -> None:
+    """--vmlinux / --system-map / --btf go to each dump's kernel context."""
+    from dumpfs.kernel.context import kernel_context
+    for option in ("vmlinux", "system_map", "btf"):
+        path = getattr(args, option, None)
+        if path is not None and not os.path.isfile(path):
+            raise Failure(f"{path}: --{option.replace('_', '-')} file not found")
+    for dump in dumps:
+        kernel_context(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
+
+
 def cmd_mount(args) -> int:
     options = [o.strip() for group in args.options for o in group.split(",") if o.strip()]
     direct_io = "direct_io" in options      # ours, not libfuse's: bypass the page cache
     options = [o for o in options if o != "direct_io"]
     dumps = _open_all(args.sources, args.partial)
     mountpoint = _check_mountpoint(args.mountpoint)
+    _kernel_sources(dumps, args)
     root = _build_root(dumps, [d.sources[0] if d.sources else "dump" for d in dumps])
 
     from dumpfs import fuse
@@ -364,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="dump file, block device or tape; the volumes of a multi-volume "
                         "DASD dump together make one dump")
+    p.add_argument("--vmlinux", metavar="FILE",
+                   help="the dumped kernel's vmlinux: symbols and DWARF types for proc/")
+    p.add_argument("--system-map", metavar="FILE", help="the dumped kernel's System.map: symbols")
+    p.add_argument("--btf", metavar="FILE",
+                   help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     p.set_defaults(func=cmd_mount)
 

@@ -3,7 +3,7 @@
     kernel/log        the printk buffer as `dmesg` prints it ("[    1.029887] text")
     kernel/release    the kernel release ("6.1.192-dumpfs")
     kernel/symbols    System.map-style "ffffffff81000000 T _stext" lines (type "?" when unknown)
-    kernel/sources    how the address space, symbols and log were found, and what is missing
+    kernel/sources    how the address space, symbols, log and types were found, and what is missing
 
 A file whose content cannot be computed fails with EIO on stat and read; the
 reason is in `kernel/sources` and in `info`'s problems.
@@ -49,7 +49,7 @@ def kernel_dir(dump: Dump, system_map=None, vmlinux=None) -> Dir:
 
     def sources() -> bytes:
         # touch every part so that the notes and problems are complete
-        for part in ("memory", "symbols", "log", "release"):
+        for part in ("memory", "symbols", "log", "release", "types"):
             try:
                 getattr(context, part)
             except KernelUnavailable:
