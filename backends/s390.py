@@ -115,7 +115,8 @@ def detect(source: Source) -> bool:
     head = source.read(0, 8)
     if len(head) == 8 and struct.unpack(">Q", head)[0] in (MAGIC_S390, MAGIC_S390_EXT):
         return True
-    return _device_layout(source) is not None or _empty_dump_partition(source) is not None
+    return _device_layout(source) is not None or _empty_dump_partition(source) is not None \
+        or _behind_dump_tool(source) is not None
 
 
 # -- where the dump is ----------------------------------------------------------------------
@@ -169,6 +170,30 @@ def _empty_dump_partition(source: Source) -> str | None:
             struct.unpack_from(">Q", head, 0x200)[0] == MAGIC_S390_EXT:
         return "prepared for a multi-volume dump (zipl -M), no dump written yet"
     return None
+
+
+def _behind_dump_tool(source: Source) -> str | None:
+    """A partition device whose disk (found through sysfs) has a zipl dump record for it."""
+    if not source.is_block_device:
+        return None
+    from .sysblock import parent_disk
+    parent = parent_disk(source)
+    if parent is None:
+        return None
+    from dumpfs.source import FileSource
+    try:
+        disk = FileSource(parent[0])
+    except DumpError:
+        return None
+    try:
+        layout = _device_layout(disk)
+        if layout is None or layout.base != parent[1]:
+            return None
+        tool = _dump_tool(disk, layout)
+        return f"the dump partition of {parent[0]} ({layout.description}" + \
+            (f", dump tool {tool})" if tool else ")")
+    finally:
+        disk.close()
 
 
 def _dump_tool(source: Source, layout: Layout) -> str | None:
@@ -583,6 +608,11 @@ def open(source: Source) -> Dump:
             raise DumpError(f"no dump on {source.name}: {empty}")
         layout = _device_layout(source)
         if layout is None:
+            behind = _behind_dump_tool(source)
+            if behind:
+                state = "holds zeros" if not any(source.read(0, 0x1000)) else \
+                    f"starts with {head.hex(' ')}, not a dump header"
+                raise DumpError(f"no dump on {source.name}: {behind}; the partition {state}")
             raise DumpError(f"{source.name}: not an s390 dump")
         head = source.read(layout.base, 8)
         if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):

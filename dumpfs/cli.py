@@ -266,6 +266,24 @@ def cmd_info(args) -> int:
     return OK
 
 
+# -- check -------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    import stat as stat_
+    from dumpfs.backends import devcheck
+    try:
+        mode = os.stat(args.device).st_mode
+    except OSError as exc:
+        raise Failure(f"{args.device}: {exc.strerror}") from None
+    if not stat_.S_ISBLK(mode) and not stat_.S_ISREG(mode):
+        raise Failure(f"{args.device}: not a disk or disk image (a tape's dump tool cannot be "
+                      f"checked; use `dumpfs info`)", USAGE)
+    report, name = devcheck.check(args.device)
+    sys.stdout.write(report.text(name))
+    sys.stdout.flush()
+    return OK if report.valid else BAD_INPUT
+
+
 # -- convert -----------------------------------------------------------
 
 BLOCK = 4 << 20
@@ -402,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial", action="store_true",
                    help="describe a multi-volume dump even with volumes missing")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("check", parents=[common], formatter_class=fmt,
+                       help="which dump tool a disk has and whether a complete dump is on it",
+                       description="Like zgetdump -d: the installed stand-alone dump tool "
+                                   "(multi-volume DASD, ECKD, FBA, SCSI), its settings, the "
+                                   "volumes of a multi-volume set, and whether a valid, "
+                                   "complete dump is on the device.  A partition is checked "
+                                   "through its disk where sysfs knows it.",
+                       epilog="examples:\n  dumpfs check /dev/dasdb\n  dumpfs check disk.img\n\n"
+                              "exit codes:\n  0    a valid, complete dump is on the device\n"
+                              "  1    no dump, an incomplete or invalid dump, or no dump tool\n"
+                              "  2    bad command line (or not a disk)\n")
+    p.add_argument("device", metavar="DEVICE", help="a disk, partition or disk image")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("convert", parents=[common], formatter_class=fmt,
                        help="write a dump as an ELF vmcore",
