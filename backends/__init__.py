@@ -18,9 +18,11 @@ BACKENDS = [
     "kdump",       # kdump-compressed (makedumpfile, QEMU)
     "vmdump",      # z/VM VMDUMP spool file (vmur rec)
     "lkcd",        # LKCD v8 s390 (old zfcpdump files dump.N, vmconvert)
+    "scsi",        # SCSI dump disk (zfcpdump): zipl MBR, superblock, ELF in the partition
     "s390mv",      # IBM Z multi-volume DASD dump (s390mv_ext): disk or member partition
     "tape",        # IBM Z tape dump: tape device, tape image, AWSTAPE
     "s390",        # IBM Z stand-alone dump (s390, s390_ext), image or DASD
+    "ngdump",      # NGDump partition: ext4 with ngdump.meta and an ELF dump file
     "elf",         # ELF64 core (/proc/vmcore style)
 ]
 
