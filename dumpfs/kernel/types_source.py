@@ -54,6 +54,7 @@ def kernel_types(context):
     try:
         kmem, symbols = context.memory, context.symbols
         types = btf_from_memory(kmem, symbols)
+        notes.extend(f"not used: {r}" for r in reasons)
         notes.append(types.source)
         return types, notes, None
     except KernelUnavailable as exc:
