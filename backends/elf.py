@@ -125,12 +125,13 @@ def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
 
 
 def _tail(chunk: MemoryChunk, skip: int) -> MemoryChunk:
-    read = None
-    if chunk.read is not None:
-        inner = chunk.read
-        def read(offset: int, length: int) -> bytes:
-            return inner(skip + offset, length)
-    return MemoryChunk(chunk.start + skip, chunk.size - skip, chunk.state, read)
+    inner = chunk.read
+
+    def read(offset: int, length: int) -> bytes:
+        return inner(skip + offset, length)
+
+    return MemoryChunk(chunk.start + skip, chunk.size - skip, chunk.state,
+                       read if inner is not None else None)
 
 
 def _guess_writer(ehdr, dump_notes, cpus) -> str:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import glob
 import os
-import stat
-import struct
 from dataclasses import dataclass, field
 
 from construct import Array, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct

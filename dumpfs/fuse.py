@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from dumpfs.model import MemoryUnavailable
-from dumpfs.tree import Dir, File, Node
+from dumpfs.tree import Dir, Node
 
 log = logging.getLogger(__name__)
 

@@ -107,3 +107,12 @@ def mountpoint(tmp_path):
     path.mkdir()
     yield path
     unmount(path)
+
+
+@pytest.fixture(scope="session")
+def elf():
+    """s390x-custom's QEMU ELF opened by dumpfs: the memory and registers test writers build from."""
+    from dumpfs.backends import open_dump
+    dump = open_dump(str(fixturecache.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
+    yield dump
+    dump.close()

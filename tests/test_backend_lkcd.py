@@ -9,7 +9,6 @@ import struct
 
 import pytest
 
-import fixturecache as fc
 from conftest import run_dumpfs
 from dumpfs.backends import open_dump
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
@@ -23,24 +22,13 @@ T0, T1 = ws.tod(1_700_000_000), ws.tod(1_700_000_005)
 
 
 @pytest.fixture(scope="module")
-def elf():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
-
-
-def _cpus(elf):
-    return [ws.CpuState(dict(elf.cpus[n].registers)) for n in sorted(elf.cpus)]
-
-
-@pytest.fixture(scope="module")
 def images(elf, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lkcd")
     made = {}
     for name, kwargs in [("full", {}), ("zlib", {"compress": True}),
                          ("flex", {"compress": True, "skip_zero": True})]:
         with open(folder / f"{name}.lkcd", "wb") as f:
-            wl.write_lkcd(f, elf.read_physical, SIZE, _cpus(elf), **kwargs)
+            wl.write_lkcd(f, elf.read_physical, SIZE, ws.cpu_states(elf), **kwargs)
         made[name] = folder / f"{name}.lkcd"
     return made
 
@@ -53,7 +41,7 @@ def test_written_lkcd_opens(images, elf, name):
     assert dump.meta.compression == (None if name == "full" else "zlib")
     assert dump.meta.dump_time.timestamp() == 1_700_000_000
     assert dump.memory.end == SIZE
-    reference = ws.memory_with_status(elf.read_physical, _cpus(elf))
+    reference = ws.memory_with_status(elf.read_physical, ws.cpu_states(elf))
     assert differing_pages(dump.read_physical, reference, SIZE) == set()
     for number, cpu in elf.cpus.items():
         assert dump.cpus[number].registers == cpu.registers      # todpreg and vectors too
@@ -92,7 +80,7 @@ def test_mounted_lkcd(images, elf, mount):
     assert sorted(os.listdir(mp / "cpus")) == ["0", "1"]
     assert "lkcd" in (mp / "info").read_text()
     mounted = open_dump(str(mp / "vmcore"))
-    reference = ws.memory_with_status(elf.read_physical, _cpus(elf))
+    reference = ws.memory_with_status(elf.read_physical, ws.cpu_states(elf))
     assert differing_pages(mounted.read_physical, reference, SIZE) == set()
     assert mounted.cpus[0].registers == elf.cpus[0].registers
     mounted.close()

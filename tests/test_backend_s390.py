@@ -9,11 +9,9 @@ as raw data, so v2 is checked against v1 and the ELF instead of the oracle.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import struct
-import subprocess
 
 import pytest
 
@@ -25,6 +23,8 @@ from dumpfs.views import build_tree
 from dumpfs.views.dump_s390 import build_dump_s390
 from dumpfs.views.vmcore import build_vmcore
 from writers import s390 as w
+from writers.loop import loop_device
+from writers.tools import differing_pages, oracle, oracle_info
 
 FOLDERS = ["s390x-custom", "s390x-debian"]
 BLOCK = 16 << 20
@@ -33,73 +33,11 @@ SMALL = 64 << 20            # memory of the written images: the first 64 MiB of 
 T0, T1 = w.tod(1_700_000_000), w.tod(1_700_000_005)
 
 
-def oracle(*args, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ORACLE_QUIET="1")
-    return subprocess.run([str(fc.ORACLE), *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
-                          timeout=600, env=env)
-
-
-def oracle_info(path) -> dict[str, str]:
-    done = oracle("-i", "-V", path)
-    text = done.stderr.decode()
-    assert done.returncode == 0, text
-    fields = dict(re.findall(r"^  ([A-Za-z ()]+?)\.*: (.*)$", text, re.M))
-    fields["map"] = re.findall(r"^  ([0-9a-f]{16}) - ([0-9a-f]{16}) \((\d+) MB( zeroes)?\)", text, re.M)
-    return fields
-
-
-@contextlib.contextmanager
-def loop_device(path, *, offset: int = 0, block_size: int = 4096, whole_disk: bool = False):
-    """A read-only loop device over an image; 4 KiB logical blocks like an ECKD DASD.
-
-    zgetdump takes a block device whose minor is a multiple of 4 for a whole
-    DASD (DASD minors: disk, partition 1..3), so `whole_disk` picks such a loop.
-    """
-    args = ["losetup", "-r", "-b", str(block_size)] + (["-o", str(offset)] if offset else [])
-    device = None
-    if whole_disk:
-        errors = []
-        for n in range(0, 64, 4):
-            candidate = f"/dev/loop{n}"
-            if not os.path.exists(candidate):
-                continue
-            done = subprocess.run([*args, candidate, str(path)], capture_output=True, text=True)
-            if done.returncode == 0:
-                device = candidate
-                break
-            errors.append(done.stderr.strip())
-        assert device, f"no free loop device with a minor divisible by 4: {errors}"
-    else:
-        device = subprocess.run([*args, "-f", "--show", str(path)], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
 def save_area_pages(folder: str) -> set[int]:
     """The pages truth.json says zgetdump rewrote (save areas, vector save areas)."""
     record = next(d for d in fc.truth(folder)["dumps"] if d["file"] == "zgetdump.s390.xz")
     listed = re.search(r"differs from QEMU's ELF in \d+ pages \(([^;)]*)", record["notes"]).group(1)
     return {int(x, 16) for x in re.findall(r"0x[0-9a-f]+", listed)}
-
-
-def differing_pages(read_a, read_b, size: int) -> set[int]:
-    pages = set()
-    for start in range(0, size, BLOCK):
-        length = min(BLOCK, size - start)
-        a, b = read_a(start, length), read_b(start, length)
-        if a != b:
-            pages |= {start + p for p in range(0, length, 4096) if a[p:p + 4096] != b[p:p + 4096]}
-    return pages
-
-
-@pytest.fixture(scope="module")
-def elf_custom():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
 
 
 # -- zgetdump's real s390 dumps ---------------------------------------------------------------
@@ -148,16 +86,16 @@ def test_dump_s390_view_is_what_zgetdump_wrote(folder):
         dump.close()
 
 
-def test_dump_s390_converts_back_with_the_oracle(elf_custom, tmp_path):
+def test_dump_s390_converts_back_with_the_oracle(elf, tmp_path):
     """zgetdump reads our dump.s390: same size and CPUs; its ELF has our memory and registers."""
     path = tmp_path / "dump.s390"
-    view = build_dump_s390(elf_custom)
+    view = build_dump_s390(elf)
     with open(path, "wb") as f:
         for offset in range(0, view.size, BLOCK):
             f.write(view.read(offset, BLOCK))
     info = oracle_info(path)
-    assert info["Dump memory range"] == f"{elf_custom.memory.end >> 20} MB"
-    assert info["CPU count (online)"] == str(len(elf_custom.cpus))
+    assert info["Dump memory range"] == f"{elf.memory.end >> 20} MB"
+    assert info["CPU count (online)"] == str(len(elf.cpus))
     ours = open_dump(str(path))
     out = tmp_path / "oracle.elf"
     with open(out, "wb") as f:
@@ -165,9 +103,9 @@ def test_dump_s390_converts_back_with_the_oracle(elf_custom, tmp_path):
     theirs = open_dump(str(out))
     vmcore = open_dump_bytes_of(build_vmcore(ours), tmp_path / "vmcore")
     assert differing_pages(theirs.read_physical, vmcore.read_physical, ours.memory.end) == set()
-    assert differing_pages(theirs.read_physical, elf_custom.read_physical,
+    assert differing_pages(theirs.read_physical, elf.read_physical,
                            ours.memory.end) == save_area_pages("s390x-custom")
-    for number, cpu in elf_custom.cpus.items():
+    for number, cpu in elf.cpus.items():
         assert theirs.cpus[number].registers == vmcore.cpus[number].registers
         # the s390 format keeps todpreg, but zgetdump -f s390 (and so dump.s390) does not write it
         assert {k: v for k, v in theirs.cpus[number].registers.items() if k != "todpreg"} == \
@@ -203,21 +141,18 @@ def test_mounted_s390_fixture(mount):
 
 # -- images written here from the fixture memory --------------------------------------------
 
-def _cpus(dump):
-    return [w.CpuState(dict(dump.cpus[n].registers)) for n in sorted(dump.cpus)]
-
 
 @pytest.fixture(scope="module")
-def images(elf_custom, tmp_path_factory):
+def images(elf, tmp_path_factory):
     """plain, v1 and v2 images of the first 64 MiB, with STORE STATUS into the prefix pages."""
     folder = tmp_path_factory.mktemp("s390-images")
-    cpus = _cpus(elf_custom)
+    cpus = w.cpu_states(elf)
     made = {}
     for name, write in [
-        ("plain", lambda f: w.write_s390(f, elf_custom.read_physical, SMALL, cpus, tod_start=T0, tod_end=T1)),
-        ("v1", lambda f: w.write_s390_ext(f, elf_custom.read_physical, SMALL, cpus, version=1,
+        ("plain", lambda f: w.write_s390(f, elf.read_physical, SMALL, cpus, tod_start=T0, tod_end=T1)),
+        ("v1", lambda f: w.write_s390_ext(f, elf.read_physical, SMALL, cpus, version=1,
                                           tod_start=T0, tod_end=T1)),
-        ("v2", lambda f: w.write_s390_ext(f, elf_custom.read_physical, SMALL, cpus, version=2,
+        ("v2", lambda f: w.write_s390_ext(f, elf.read_physical, SMALL, cpus, version=2,
                                           tod_start=T0, tod_end=T1)),
     ]:
         with open(folder / f"{name}.img", "wb") as f:
@@ -226,16 +161,16 @@ def images(elf_custom, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["plain", "v1", "v2"])
-def test_written_image_opens(images, elf_custom, name):
+def test_written_image_opens(images, elf, name):
     path, image = images[name]
     dump = open_dump(str(path))
     assert dump.meta.format == ("s390" if name == "plain" else "s390_ext")
     assert dump.meta.complete and dump.meta.problems == []
     assert dump.meta.dump_time.timestamp() == 1_700_000_000
     assert dump.meta.compression == ("zlib" if name == "v2" else None)
-    for number, cpu in elf_custom.cpus.items():
+    for number, cpu in elf.cpus.items():
         assert dump.cpus[number].registers == cpu.registers     # todpreg and vectors too
-    reference = w.memory_with_status(elf_custom.read_physical, _cpus(elf_custom))
+    reference = w.memory_with_status(elf.read_physical, w.cpu_states(elf))
     assert differing_pages(dump.read_physical, reference, SMALL) == set()
     if name != "plain":
         written = [(s, s + n) for s, n in image.segments]
@@ -316,7 +251,7 @@ def _copy(path):
     return write
 
 
-def test_eckd_cdl_disk_on_a_loop_device(images, elf_custom, tmp_path):
+def test_eckd_cdl_disk_on_a_loop_device(images, elf, tmp_path):
     """Whole disk: boot info in IPL2 -> dump partition; zgetdump reads the partition, -d the tool."""
     disk = tmp_path / "cdl.img"
     with open(disk, "wb") as f:

@@ -20,7 +20,7 @@ import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump, open_paths
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
-from test_backend_s390 import differing_pages, oracle, oracle_info
+from writers.tools import differing_pages, oracle, oracle_info
 from writers import loop
 from writers import s390 as w
 from writers import s390mv as mv
@@ -33,19 +33,8 @@ SPECS = [mv.VolumeSpec(0x5A10, 7 * 256), mv.VolumeSpec(0x5A11, 7 * 256), mv.Volu
 
 
 @pytest.fixture(scope="module")
-def elf():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
-
-
-def _cpus(dump):
-    return [w.CpuState(dict(dump.cpus[n].registers)) for n in sorted(dump.cpus)]
-
-
-@pytest.fixture(scope="module")
 def reference(elf):
-    return w.memory_with_status(elf.read_physical, _cpus(elf))
+    return w.memory_with_status(elf.read_physical, w.cpu_states(elf))
 
 
 def write_set(folder, elf, specs=SPECS, timestamp=TIMESTAMP, dumper_version=2, **kwargs):
@@ -55,7 +44,7 @@ def write_set(folder, elf, specs=SPECS, timestamp=TIMESTAMP, dumper_version=2, *
     try:
         for f, spec in zip(files, specs):
             mv.prepare_disk(f, table, spec, version=dumper_version)
-        image = mv.write_dump(files, specs, elf.read_physical, MEM, _cpus(elf), tod_start=T0,
+        image = mv.write_dump(files, specs, elf.read_physical, MEM, w.cpu_states(elf), tod_start=T0,
                               tod_end=T1, **kwargs)
     finally:
         for f in files:

@@ -22,17 +22,11 @@ from writers import lkcd as wl
 from writers import ngdump as wng
 from writers import s390 as ws
 from writers import scsi as wsc
-from writers.tools import differing_pages, loop_device, oracle, oracle_info
+from writers.loop import loop_device
+from writers.tools import differing_pages, oracle, oracle_info
 
 SIZE = 64 << 20
 PART = SIZE + (1 << 20)
-
-
-@pytest.fixture(scope="module")
-def elf():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
 
 
 def _notes(elf):
@@ -70,13 +64,13 @@ def test_scsi_disk_image(disk, elf):
 
 def test_scsi_disk_and_partition_on_loop_devices_with_the_oracle(disk, elf, tmp_path):
     path, facts = disk
-    with loop_device(path) as device:
+    with loop_device(path, block_size=512) as device:
         dump = open_dump(device)
         _same(dump, elf)
         dump.close()
         tool = oracle("-d", device).stderr.decode()
         assert "Single-volume SCSI dump tool" in tool and "Partition number..: 1" in tool, tool
-    with loop_device(path, offset=facts["part_start"], size=facts["part_size"]) as partition:
+    with loop_device(path, offset=facts["part_start"], size=facts["part_size"], block_size=512) as partition:
         info = oracle_info(partition)
         assert (info["Dump format"], info["Dump memory range"], info["CPU count (online)"]) == \
             ("elf", f"{SIZE >> 20} MB", str(len(elf.cpus)))

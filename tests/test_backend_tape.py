@@ -17,7 +17,7 @@ from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views.dump_s390 import build_dump_s390
-from test_backend_s390 import differing_pages, oracle, oracle_info
+from writers.tools import differing_pages, oracle, oracle_info
 from writers import s390 as w
 from writers import tape as t
 
@@ -26,19 +26,8 @@ T0, T1 = w.tod(1_700_000_200), w.tod(1_700_000_230)
 
 
 @pytest.fixture(scope="module")
-def elf():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
-
-
-def _cpus(dump):
-    return [w.CpuState(dict(dump.cpus[n].registers)) for n in sorted(dump.cpus)]
-
-
-@pytest.fixture(scope="module")
 def reference(elf):
-    return w.memory_with_status(elf.read_physical, _cpus(elf))
+    return w.memory_with_status(elf.read_physical, w.cpu_states(elf))
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +45,7 @@ def images(elf, tmp_path_factory):
                                     ("aws", True, t.write_aws)]:
         path = folder / f"{name}.{'aws' if name == 'aws' else 'img'}"
         with open(path, "wb") as f:
-            writer(f, t.dump_blocks(elf.read_physical, MEM, _cpus(elf), tod_start=T0, tod_end=T1,
+            writer(f, t.dump_blocks(elf.read_physical, MEM, w.cpu_states(elf), tod_start=T0, tod_end=T1,
                                     with_tool=with_tool))
         made[name] = path
     return made

@@ -35,13 +35,6 @@ def _registers(elf):
 
 
 @pytest.fixture(scope="module")
-def elf():
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
-
-
-@pytest.fixture(scope="module")
 def images(elf, tmp_path_factory):
     folder = tmp_path_factory.mktemp("vmdump")
     made = {}

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-
 from conftest import run_dumpfs
-from test_backend_s390 import T0, T1, _raw_pattern, PATTERN_CPUS, oracle
+from test_backend_s390 import T0, T1, _raw_pattern, PATTERN_CPUS
 from test_backend_s390mv import SPECS, TIMESTAMP, write_set
 from writers import loop
 from writers import s390 as w
 from writers import s390mv as mv
+from writers.tools import oracle
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def elf():
-    import fixturecache as fc
-    from dumpfs.backends import open_dump
-    dump = open_dump(str(fc.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
-    yield dump
-    dump.close()
 
 
 def _cdl(path, with_dump: bool):

@@ -36,6 +36,35 @@ def detach(device: str) -> None:
 
 
 @contextlib.contextmanager
+def loop_device(path, *, offset: int = 0, size: int | None = None, block_size: int = 4096,
+                whole_disk: bool = False):
+    """One read-only loop device over (a window of) an image; always detached afterwards.
+
+    `whole_disk` picks /dev/loopN with N % 4 == 0, which zgetdump takes for a whole DASD.
+    """
+    device = None
+    if whole_disk:
+        errors = []
+        for n in range(0, 256, 4):
+            if not _free(n):
+                continue
+            try:
+                device = attach(path, device=f"/dev/loop{n}", offset=offset, size=size,
+                                block_size=block_size)
+                break
+            except OSError as e:
+                errors.append(str(e))
+        if device is None:
+            raise OSError(f"no free loop device with a minor divisible by 4: {errors[-3:]}")
+    else:
+        device = attach(path, offset=offset, size=size, block_size=block_size)
+    try:
+        yield device
+    finally:
+        detach(device)
+
+
+@contextlib.contextmanager
 def loops():
     """attach(...) through the yielded function; everything attached is detached at the end."""
     attached: list[str] = []

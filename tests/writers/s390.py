@@ -26,6 +26,11 @@ class CpuState:
     registers: dict[str, int]
 
 
+def cpu_states(dump) -> list[CpuState]:
+    """The CPUs of a dumpfs Dump, as the writers take them."""
+    return [CpuState(dict(dump.cpus[n].registers)) for n in sorted(dump.cpus)]
+
+
 @dataclass
 class Image:
     """What a writer produced: the dump bytes' layout facts the tests check against."""
