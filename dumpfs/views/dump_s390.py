@@ -25,7 +25,7 @@ from dumpfs.backends.s390 import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAG
                                   EndMarker, datetime_to_tod)
 from dumpfs.model import Dump, MemoryUnavailable, PageState
 from dumpfs.tree import File
-from dumpfs.views.extents import Extent, ExtentFile
+from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
 
 
 class ZeroFilledMemory:
@@ -113,12 +113,5 @@ def build_dump_s390(dump: Dump) -> ExtentFile:
 
 def dump_s390_file(dump: Dump, name: str = "dump.s390") -> File:
     """The `dump.s390` file of an s390x dump; its layout is computed on first stat or read."""
-    layout: list[ExtentFile] = []
-
-    def get() -> ExtentFile:
-        if not layout:
-            layout.append(build_dump_s390(dump))
-        return layout[0]
-
-    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length))
+    return lazy_extent_file(name, lambda: build_dump_s390(dump))
 

@@ -10,6 +10,8 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from dumpfs.tree import File
+
 Fill = Union[bytes, None, Callable[[int, int], bytes]]
 """bytes: literal content; None: zeros; callable: read(offset_in_extent, length)."""
 
@@ -61,3 +63,15 @@ class ExtentFile:
             position = stop
             i += 1
         return b"".join(parts)
+
+
+def lazy_extent_file(name: str, build: Callable[[], ExtentFile]) -> File:
+    """A tree file whose extent layout is built on first stat or read, once."""
+    layout: list[ExtentFile] = []
+
+    def get() -> ExtentFile:
+        if not layout:
+            layout.append(build())
+        return layout[0]
+
+    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length))

@@ -24,7 +24,7 @@ from dumpfs.elf import (EHDR_SIZE, ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
-from dumpfs.views.extents import Extent, ExtentFile
+from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,4 @@ def build_vmcore(dump: Dump) -> ExtentFile:
 
 def vmcore_file(dump: Dump, name: str = "vmcore") -> File:
     """The `vmcore` file; its layout is computed on first stat or read."""
-    layout: list[ExtentFile] = []
-
-    def get() -> ExtentFile:
-        if not layout:
-            layout.append(build_vmcore(dump))
-        return layout[0]
-
-    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length))
+    return lazy_extent_file(name, lambda: build_vmcore(dump))
