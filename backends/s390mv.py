@@ -33,7 +33,9 @@ from dumpfs.source import FileSource, Source
 
 from . import s390
 from .sysblock import block_disks, ccw_busid, parent_disk, _is_block
-from .s390 import HEADER_SIZE, MAGIC_S390_EXT, DumpHeader, Layout, Segment
+from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390_EXT, DumpHeader
+
+from .s390 import Layout, Segment
 
 NAME = "s390mv"
 

@@ -35,7 +35,9 @@ from dumpfs.model import Dump, DumpError, Memory
 from dumpfs.source import FileSource, Source
 
 from . import s390
-from .s390 import HEADER_SIZE, MAGIC_S390, MAGIC_S390_EXT, Layout
+from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390, MAGIC_S390_EXT, DumpHeader
+
+from .s390 import Layout
 
 NAME = "tape"
 
@@ -69,7 +71,7 @@ def _dump_header_at(source: Source, offset: int):
     raw = source.read(offset, HEADER_SIZE)
     if len(raw) < HEADER_SIZE:
         return None
-    hdr = s390.DumpHeader.parse(raw)
+    hdr = DumpHeader.parse(raw)
     if hdr.magic not in (MAGIC_S390, MAGIC_S390_EXT) or hdr.mvdump or hdr.volnr:
         return None
     return hdr
@@ -242,7 +244,7 @@ def _scan(blocks, out, facts: dict, name: str):
                             f"4096-byte s390 dump header"
                             + (f" (found a {len(block)}-byte block)" if block else ""))
         out.write(block)
-        hdr = s390.DumpHeader.parse(block)
+        hdr = DumpHeader.parse(block)
         bar = _progress(hdr.mem_size, name)
         while facts["memory"] < hdr.mem_size:
             block = next(stream, None)

@@ -24,7 +24,7 @@ from datetime import datetime
 from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from dumpfs.arch import s390x
-from dumpfs.backends.s390 import tod_to_datetime
+from dumpfs.s390dump import tod_to_datetime
 from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
                           PageCache, PageState)
 from dumpfs.source import Source

@@ -21,8 +21,8 @@ import bisect
 import struct
 
 from dumpfs.arch import s390x
-from dumpfs.backends.s390 import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390, DumpHeader,
-                                  EndMarker, datetime_to_tod)
+from dumpfs.s390dump import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390, DumpHeader,
+                             EndMarker, datetime_to_tod)
 from dumpfs.model import Dump, MemoryUnavailable, PageState
 from dumpfs.tree import File
 from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
