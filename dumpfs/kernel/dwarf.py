@@ -36,7 +36,7 @@ WANTED_ENUMS = ("maple_type",)
 # for the maple nodes, fs/namespace.c for the fs-private struct mount, mm/mmap.c):
 # visited first, the scan ends after a handful of units
 HINT_FUNCTIONS = ("get_task_mm", "mtree_load", "path_mount", "_install_special_mapping")
-MAX_CU_SCAN_SECONDS = 600
+MAX_CU_SCAN_SECONDS = 120
 
 
 class DwarfError(Exception):
@@ -77,6 +77,7 @@ class DwarfTypes(Types):
         self._cus = None                # iterator over compile units, resumed by later scans
         self._index: dict[tuple[str, str], object] = {}     # (kind, name) -> DIE
         self._scan_lock = threading.RLock()
+        self._scanned_all = False       # every unit indexed: a miss is final
         self.scan_seconds = 0.0
         self.cu_scanned = 0
         self.cache = LayoutCache("dwarf", release, self.build_id)
@@ -94,6 +95,8 @@ class DwarfTypes(Types):
         with self._scan_lock:
             if (kind, name) in self._index:
                 return self._index[(kind, name)]
+            if self._scanned_all:
+                return None
             if self._dwarf is None:
                 self._dwarf = self._elf.get_dwarf_info(relocate_dwarf_sections=False)
                 self._cus = self._cu_order()
@@ -125,6 +128,8 @@ class DwarfTypes(Types):
                         break
                     if time.monotonic() - started > MAX_CU_SCAN_SECONDS:
                         break
+                else:
+                    self._scanned_all = True
             finally:
                 self.scan_seconds += time.monotonic() - started
             return self._index.get((kind, name))

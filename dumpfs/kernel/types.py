@@ -86,6 +86,8 @@ class Types:
     # -- interface ----------------------------------------------------------
     def struct(self, name: str) -> StructLayout:
         name = strip_kind(name)
+        if not name or "<" in name:
+            raise TypeMissing(f"{self.source}: no struct {name or '(unnamed)'}")
         with self._lock:
             if name not in self._structs:
                 self._structs[name] = self._struct(name)
@@ -112,7 +114,7 @@ class Types:
         head, dot, rest = path.partition(".")
         if dot and head in layout.members:
             inner = layout.members[head]
-            if inner.type.startswith(("struct ", "union ")):
+            if inner.type.startswith(("struct ", "union ")) and "<" not in inner.type:
                 found = self.member(inner.type, rest)
                 return Member(path, inner.bit_offset + found.bit_offset, found.size,
                               found.bit_size, found.type, found.count)
