@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""proc/ benchmark: list the processes and read a process's 1 MiB heap through a dumpfs
+mount, against drgn (for_each_task; access_remote_vm on the task's mm) on the same dump.
+
+    python3 bench/proc_bench.py [--append bench/RESULTS.md]
+
+Each dumpfs figure is a fresh mount (cold caches of dumpfs; the dump file itself is in the
+OS page cache after the first run).  drgn's time to load the vmlinux's debug info is
+reported apart from the walk itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import fixturecache as fc  # noqa: E402
+
+CASES = [  # folder, dump, vmlinux for drgn (None: drgn cannot get types for it)
+    ("x86_64-custom", "qemu-elf.vmcore.xz", "vmlinux-6.1.192-dumpfs.xz"),
+    ("x86_64-debian", "qemu-elf.vmcore.xz", None),
+    ("s390x-custom", "qemu-dgm.elf.xz", "vmlinux-6.1.192-dumpfs.xz"),
+]
+
+DRGN = r"""
+import json, sys, time
+import drgn
+from drgn.helpers.linux.pid import for_each_task, find_task
+from drgn.helpers.linux.mm import access_remote_vm
+t0 = time.perf_counter()
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+t1 = time.perf_counter()
+tasks = [(int(t.pid), t.comm.string_()) for t in for_each_task(prog)]
+t2 = time.perf_counter()
+task = find_task(prog, int(sys.argv[3]))
+data = access_remote_vm(task.mm, int(sys.argv[4]), int(sys.argv[5]))
+t3 = time.perf_counter()
+print(json.dumps({"load": t1 - t0, "list": t2 - t1, "heap": t3 - t2, "tasks": len(tasks),
+                  "heap_ok": data.count(sys.argv[6].encode()[:1]) > 0}))
+"""
+
+
+def dumpfs(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "dumpfs", *map(str, args)], capture_output=True,
+                          text=True, **kw)
+
+
+def time_dumpfs(dump: Path, vmlinux: Path | None, pid: int, start: int, size: int, env=None):
+    with tempfile.TemporaryDirectory() as mnt:
+        extra = ["--vmlinux", vmlinux] if vmlinux else []
+        t0 = time.perf_counter()
+        done = dumpfs("mount", *extra, dump, mnt, env=env)
+        if done.returncode:
+            raise RuntimeError(done.stderr)
+        t1 = time.perf_counter()
+        try:
+            pids = os.listdir(Path(mnt) / "proc")
+            for p in pids:
+                (Path(mnt) / "proc" / p / "comm").read_bytes()
+            t2 = time.perf_counter()
+            with open(Path(mnt) / "proc" / str(pid) / "mem", "rb") as mem:
+                mem.seek(start)
+                data = mem.read(size)
+            t3 = time.perf_counter()
+        finally:
+            dumpfs("umount", mnt)
+    return {"mount": t1 - t0, "list": t2 - t1, "heap": t3 - t2, "tasks": len(pids),
+            "heap_bytes": len(data)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--append", metavar="RESULTS.md")
+    args = parser.parse_args()
+    rows = []
+    for folder, name, vmlinux_name in CASES:
+        truth = fc.truth(folder)
+        heap = truth["markers"]["heap"]
+        start, end = heap["ranges"][-1]
+        size = min(end - start, 1 << 20)
+        dump = fc.unpacked(folder, name)
+        vmlinux = fc.unpacked(folder, vmlinux_name) if vmlinux_name else None
+        ours = time_dumpfs(dump, None, heap["pid"], start, size)
+        row = {"dump": f"{folder}/{name}", "size": size, "dumpfs_btf": ours}
+        if vmlinux:
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, DUMPFS_CACHE_DIR=cache)
+                row["dumpfs_dwarf_first"] = time_dumpfs(dump, vmlinux, heap["pid"], start, size, env)
+                row["dumpfs_dwarf_cached"] = time_dumpfs(dump, vmlinux, heap["pid"], start, size, env)
+            done = subprocess.run([sys.executable, "-c", DRGN, str(dump), str(vmlinux), str(heap["pid"]),
+                                   str(start), str(size), heap["pattern"]],
+                                  capture_output=True, text=True, timeout=600)
+            row["drgn"] = json.loads(done.stdout) if done.returncode == 0 else \
+                {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+        else:
+            row["drgn"] = {"error": "no vmlinux with debug info for this kernel"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    lines = ["", "## proc/ (bench/proc_bench.py)", "",
+             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs. dumpfs: fresh mount, "
+             "`ls proc/` + every `comm` (list), then one read of the heap marker's 1 MiB "
+             "mapping from `proc/PID/mem` (heap). drgn: `for_each_task` + comm (list), "
+             "`access_remote_vm(task.mm, ...)` (heap); its debug-info load is apart.", "",
+             "| dump | types | mount s | list s | heap s | drgn load s | drgn list s | drgn heap s "
+             "| list ratio | heap ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    remarks = []
+    for row in rows:
+        drgn = row["drgn"]
+        for label, key in (("BTF (dump)", "dumpfs_btf"), ("DWARF, 1st", "dumpfs_dwarf_first"),
+                           ("DWARF, cached", "dumpfs_dwarf_cached")):
+            if key not in row:
+                continue
+            r = row[key]
+            if "error" in drgn:
+                tail = f"| – | – | – | – | – |"
+            else:
+                tail = (f"| {drgn['load']:.2f} | {drgn['list']:.3f} | {drgn['heap']:.3f} "
+                        f"| {r['list'] / drgn['list']:.1f}× | {r['heap'] / drgn['heap']:.1f}× |")
+            lines.append(f"| {row['dump']} | {label} | {r['mount']:.2f} | {r['list']:.3f} "
+                         f"| {r['heap']:.3f} " + tail)
+        if "error" in drgn:
+            remarks.append(f"drgn on {row['dump']}: {drgn['error']}")
+    lines.append("")
+    lines += [f"- {r}" for r in remarks]
+    lines.append("\nRatios are dumpfs time / drgn time (lower is better for dumpfs); "
+                 "a DWARF mount's list time includes resolving the types (first) or reading "
+                 "the layout cache (cached).")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
