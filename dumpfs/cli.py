@@ -128,6 +128,15 @@ def _build_root(dumps: list, paths: list[str]):
     return Dir("", [build_tree(d, name) for d, name in zip(dumps, _unique_names(paths))])
 
 
+def _symbol_source_options(parser) -> None:
+    parser.add_argument("--vmlinux", metavar="FILE",
+                        help="the dumped kernel's vmlinux: symbols and DWARF types for proc/")
+    parser.add_argument("--system-map", metavar="FILE",
+                        help="the dumped kernel's System.map: symbols")
+    parser.add_argument("--btf", metavar="FILE",
+                        help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
+
+
 def _kernel_sources(dumps: list, args) -> None:
     """--vmlinux / --system-map / --btf go to each dump's kernel context."""
     from dumpfs.kernel.context import kernel_context
@@ -251,6 +260,7 @@ def cmd_info(args) -> int:
     from dumpfs.views.info import info_json, info_text
     dumps = _open_all(args.sources, args.partial)
     try:
+        _kernel_sources(dumps, args)
         texts = []
         for dump in dumps:
             if args.json:
@@ -394,11 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="dump file, block device or tape; the volumes of a multi-volume "
                         "DASD dump together make one dump")
-    p.add_argument("--vmlinux", metavar="FILE",
-                   help="the dumped kernel's vmlinux: symbols and DWARF types for proc/")
-    p.add_argument("--system-map", metavar="FILE", help="the dumped kernel's System.map: symbols")
-    p.add_argument("--btf", metavar="FILE",
-                   help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
+    _symbol_source_options(p)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     p.set_defaults(func=cmd_mount)
 
@@ -419,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable, as info.json")
     p.add_argument("--partial", action="store_true",
                    help="describe a multi-volume dump even with volumes missing")
+    _symbol_source_options(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("check", parents=[common], formatter_class=fmt,

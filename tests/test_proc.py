@@ -148,13 +148,13 @@ def test_kernel_log_and_sources_name_the_type_source(mount, folder, name, with_v
     sources = (root / "kernel" / "sources").read_text()
     assert ("note: types: DWARF of vmlinux" if with_vmlinux else "note: types: BTF in the dump") in sources
     info = (root / "info").read_text()
-    assert re.search(r"processes\.*: from the task list; types: (DWARF|BTF)", info)
+    assert re.search(r"^  Processes\.*: from the task list; types: (DWARF|BTF)", info, re.M)
 
 
 def test_s390x_debian_explains_why_there_are_no_processes(mount):
     root = mount(fc.unpacked("s390x-debian", "qemu-dgm.elf.xz"))
     info = (root / "info").read_text()
-    line = next(l for l in info.splitlines() if "processes" in l)
+    line = next(l for l in info.splitlines() if l.startswith("  Processes."))
     assert "processes need type information" in line and "no BTF" in line
     assert "pass --vmlinux or --btf" in line
     assert os.listdir(root / "proc") == ["unavailable"]
@@ -406,3 +406,17 @@ def test_excluded_user_pages_say_so():
     with pytest.raises(OSError):
         tree.walk(f"proc/{env['pid']}/environ").size
     assert tree.walk(f"proc/{env['pid']}/comm").read(0, 64) == b"sleep\n"
+
+
+def test_info_command_explains_processes_too():
+    """`dumpfs info` (no mount) says the same as the mounted info, with and without a vmlinux."""
+    from conftest import run_dumpfs
+    source = fc.unpacked("s390x-debian", "qemu-dgm.elf.xz")
+    done = run_dumpfs("info", source)
+    assert done.returncode == 0, done.stderr
+    assert "pass --vmlinux or --btf" in done.stdout
+    custom = fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")
+    vmlinux = fc.unpacked("x86_64-custom", "vmlinux-6.1.192-dumpfs.xz")
+    done = run_dumpfs("info", "--vmlinux", vmlinux, custom)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^  Processes\.*: from the task list; types: DWARF", done.stdout, re.M)

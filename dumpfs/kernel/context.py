@@ -137,6 +137,16 @@ class KernelContext:
         return self._once("tasks", compute, problem=False)
 
 
+    def processes_status(self) -> str:
+        """For `info`: where the task list's types come from, or why there are no processes."""
+        try:
+            types = self.types
+            self.tasks
+        except KernelUnavailable as exc:
+            return f"unavailable: {exc}"
+        return f"from the task list; types: {types.source}"
+
+
 _contexts_lock = threading.Lock()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from dumpfs.kernel.context import kernel_context
 from dumpfs.kernel.utsname import read_utsname
 from dumpfs.model import Dump, PageState
 from dumpfs.views.memory import contiguous_ranges
@@ -35,6 +36,7 @@ def info_json(dump: Dump) -> dict:
         "utsname": dataclasses.asdict(uts) if uts else None,
         "dump_level": meta.dump_level,
         "compression": meta.compression,
+        "processes": kernel_context(dump).processes_status(),
         "cpu_count": len(dump.cpus),
         "cpus": sorted(dump.cpus),
         "vmcoreinfo": meta.details.get("vmcoreinfo", "absent" if dump.vmcoreinfo is None else "note"),
@@ -67,6 +69,7 @@ def info_text(dump: Dump) -> str:
         ("System arch", f"{info['arch']} ({info['byte_order']}-endian, 64 bit)"),
         ("Page size", str(info["page_size"])),
         ("CPU count", str(info["cpu_count"])),
+        ("Processes", info["processes"]),
         ("Dump memory range", _mib(memory["end"])),
         ("Memory present", _mib(memory["present_bytes"])),
         ("Memory zero", _mib(memory["zero_bytes"])),

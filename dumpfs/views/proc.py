@@ -176,15 +176,6 @@ class Processes:
             self.context.notes.append(f"processes: {problem}")
         return [process_dir(Process(self, task)) for task in tasks]
 
-    def status(self) -> str:
-        """For `info`: where types come from, or why there are no processes."""
-        try:
-            types = self.context.types
-            self.walker
-        except KernelUnavailable as exc:
-            return f"unavailable: {exc}"
-        return f"from the task list; types: {types.source}"
-
 
 def task_dir(process: Process, task: Task) -> Dir:
     return Dir(str(task.pid), [
@@ -369,17 +360,5 @@ def core_file(process: Process) -> File:
 
 # ---------------------------------------------------------------------------
 
-class _Status:
-    """A `details` value for `info` that is worked out only when info is rendered."""
-
-    def __init__(self, processes: Processes):
-        self.processes = processes
-
-    def __str__(self) -> str:
-        return self.processes.status()
-
-
 def proc_dir(dump: Dump) -> Dir:
-    processes = Processes(dump)
-    dump.meta.details.setdefault("processes", _Status(processes))
-    return Dir("proc", processes.listing)
+    return Dir("proc", Processes(dump).listing)
