@@ -32,8 +32,10 @@ exit codes:
 """
 
 DESCRIPTION = """\
-Mount Linux kernel dumps (ELF vmcore, kdump-compressed, flattened, s390)
-as a lazy read-only file tree, or inspect and convert them.
+Mount Linux kernel dumps as a lazy read-only file tree, or inspect and
+convert them.  Sources: ELF vmcores, kdump-compressed and flattened files,
+and IBM Z dumps (DASD single and multi-volume, tape, VMDUMP, SCSI/zfcpdump,
+NGDump, LKCD), detected by content.
 
 A mounted dump shows:
   vmcore               the dump as a /proc/vmcore-style ELF core (crash, gdb, drgn)
@@ -41,6 +43,9 @@ A mounted dump shows:
   vmcoreinfo           the kernel's VMCOREINFO text (when the dump has it)
   cpus/<n>/registers   `name value` lines; cpus/<n>/notes/<TYPE> raw note payloads
   memory/<start>-<end> physical memory ranges; memory/map lists every chunk
+  kernel/              log (as dmesg), release, symbols, sources
+  proc/<pid>/          comm, cmdline, environ, status, maps, mem, core, regions/, task/
+  dump.s390            (s390x) the dump in the s390 stand-alone format
 """
 
 EXAMPLES = """\
