@@ -116,3 +116,11 @@ def elf():
     dump = open_dump(str(fixturecache.unpacked("s390x-custom", "qemu-dgm.elf.xz")))
     yield dump
     dump.close()
+
+
+@pytest.fixture(scope="session")
+def written(elf, tmp_path_factory):
+    """written(kind) -> Built: an IBM Z image written from s390x-custom's memory (writers/images.py),
+    built on first use and shared by every test module of the session."""
+    from writers.images import WrittenImages
+    return WrittenImages(elf, tmp_path_factory.mktemp("written"))

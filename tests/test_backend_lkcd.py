@@ -13,24 +13,18 @@ from conftest import run_dumpfs
 from dumpfs.backends import open_dump
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views.vmcore import build_vmcore
+from writers import images as wi
 from writers import lkcd as wl
 from writers import s390 as ws
 from writers.tools import differing_pages, oracle, oracle_info, write_file
 
-SIZE = 64 << 20
+SIZE = wi.LKCD_MEM
 T0, T1 = ws.tod(1_700_000_000), ws.tod(1_700_000_005)
 
 
 @pytest.fixture(scope="module")
-def images(elf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lkcd")
-    made = {}
-    for name, kwargs in [("full", {}), ("zlib", {"compress": True}),
-                         ("flex", {"compress": True, "skip_zero": True})]:
-        with open(folder / f"{name}.lkcd", "wb") as f:
-            wl.write_lkcd(f, elf.read_physical, SIZE, ws.cpu_states(elf), **kwargs)
-        made[name] = folder / f"{name}.lkcd"
-    return made
+def images(written):
+    return {name: written(f"lkcd-{name}").path for name in ("full", "zlib", "flex")}
 
 
 @pytest.mark.parametrize("name", ["full", "zlib", "flex"])

@@ -22,6 +22,7 @@ from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views import build_tree
 from dumpfs.views.dump_s390 import build_dump_s390
 from dumpfs.views.vmcore import build_vmcore
+from writers import images as wi
 from writers import s390 as w
 from writers.loop import loop_device
 from writers.tools import differing_pages, oracle, oracle_info
@@ -29,8 +30,8 @@ from writers.tools import differing_pages, oracle, oracle_info
 FOLDERS = ["s390x-custom", "s390x-debian"]
 BLOCK = 16 << 20
 MIB = 1 << 20
-SMALL = 64 << 20            # memory of the written images: the first 64 MiB of s390x-custom
-T0, T1 = w.tod(1_700_000_000), w.tod(1_700_000_005)
+SMALL = wi.S390_MEM         # memory of the written images: the first 64 MiB of s390x-custom
+T0, T1 = wi.S390_T0, wi.S390_T1
 
 
 def save_area_pages(folder: str) -> set[int]:
@@ -143,21 +144,10 @@ def test_mounted_s390_fixture(mount):
 
 
 @pytest.fixture(scope="module")
-def images(elf, tmp_path_factory):
+def images(written):
     """plain, v1 and v2 images of the first 64 MiB, with STORE STATUS into the prefix pages."""
-    folder = tmp_path_factory.mktemp("s390-images")
-    cpus = w.cpu_states(elf)
-    made = {}
-    for name, write in [
-        ("plain", lambda f: w.write_s390(f, elf.read_physical, SMALL, cpus, tod_start=T0, tod_end=T1)),
-        ("v1", lambda f: w.write_s390_ext(f, elf.read_physical, SMALL, cpus, version=1,
-                                          tod_start=T0, tod_end=T1)),
-        ("v2", lambda f: w.write_s390_ext(f, elf.read_physical, SMALL, cpus, version=2,
-                                          tod_start=T0, tod_end=T1)),
-    ]:
-        with open(folder / f"{name}.img", "wb") as f:
-            made[name] = (folder / f"{name}.img", write(f))
-    return made
+    kinds = {"plain": "s390-plain", "v1": "s390_ext-v1", "v2": "s390_ext-v2"}
+    return {name: (written(kind).path, written(kind).facts) for name, kind in kinds.items()}
 
 
 @pytest.mark.parametrize("name", ["plain", "v1", "v2"])

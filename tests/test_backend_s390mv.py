@@ -24,12 +24,12 @@ from writers.tools import differing_pages, oracle, oracle_info
 from writers import loop
 from writers import s390 as w
 from writers import s390mv as mv
+from writers import images as wi
 
 MIB = 1 << 20
-MEM = 128 << 20             # the first 128 MiB of s390x-custom (16 non-zero megabytes)
-T0, T1 = w.tod(1_700_000_100), w.tod(1_700_000_107)
-TIMESTAMP = (1_700_000_000 << 20) + 12345
-SPECS = [mv.VolumeSpec(0x5A10, 7 * 256), mv.VolumeSpec(0x5A11, 7 * 256), mv.VolumeSpec(0x5A12, 16 * 256)]
+MEM = wi.MV_MEM             # the first 128 MiB of s390x-custom (16 non-zero megabytes)
+TIMESTAMP = wi.MV_TIMESTAMP
+SPECS = wi.MV_SPECS
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +38,13 @@ def reference(elf):
 
 
 def write_set(folder, elf, specs=SPECS, timestamp=TIMESTAMP, dumper_version=2, **kwargs):
-    paths = [folder / f"vol{i}.img" for i in range(len(specs))]
-    table = mv.parm_table(timestamp, specs)
-    files = [open(p, "w+b") for p in paths]
-    try:
-        for f, spec in zip(files, specs):
-            mv.prepare_disk(f, table, spec, version=dumper_version)
-        image = mv.write_dump(files, specs, elf.read_physical, MEM, w.cpu_states(elf), tod_start=T0,
-                              tod_end=T1, **kwargs)
-    finally:
-        for f in files:
-            f.close()
-    return paths, image
+    return wi.write_mv_set(folder, elf, specs, timestamp, dumper_version, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def volumes(elf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mv")
-    paths, image = write_set(folder, elf)
+def volumes(written):
+    built = written("s390mv")
+    paths, image = built.paths, built.facts
     assert all(image.segments), "the writer should use all three volumes"
     assert image.end_marker[0] == 2
     return paths, image

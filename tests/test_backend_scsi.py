@@ -18,6 +18,7 @@ import fixturecache as fc
 from conftest import run_dumpfs
 from dumpfs.backends import open_dump
 from dumpfs.model import DumpError
+from writers import images as wi
 from writers import lkcd as wl
 from writers import ngdump as wng
 from writers import s390 as ws
@@ -25,12 +26,11 @@ from writers import scsi as wsc
 from writers.loop import loop_device
 from writers.tools import differing_pages, oracle, oracle_info
 
-SIZE = 64 << 20
-PART = SIZE + (1 << 20)
+SIZE = wi.SCSI_MEM
+PART = wi.SCSI_PART
 
 
-def _notes(elf):
-    return [(n.name, n.type, n.desc) for c in sorted(elf.cpus) for n in elf.cpus[c].notes]
+_notes = wi.cpu_notes
 
 
 def _disk(path, elf, **kwargs):
@@ -40,9 +40,8 @@ def _disk(path, elf, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def disk(elf, tmp_path_factory):
-    path = tmp_path_factory.mktemp("scsi") / "disk.img"
-    return path, _disk(path, elf)
+def disk(written):
+    return written("scsi").path, written("scsi").facts
 
 
 def _same(dump, elf):
@@ -147,12 +146,8 @@ def test_busy_partition_alone(tmp_path):
 # -- NGDump ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ngdump(elf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ngdump")
-    path = folder / "ngdump.part"
-    facts = wng.write_ngdump_partition(path, folder, wsc.elf_bytes_writer(elf.read_physical, SIZE, _notes(elf)),
-                                       size=SIZE + (16 << 20))
-    return path, facts
+def ngdump(written):
+    return written("ngdump").path, written("ngdump").facts
 
 
 def test_ngdump_partition(ngdump, elf):

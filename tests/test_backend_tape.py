@@ -19,10 +19,9 @@ from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views.dump_s390 import build_dump_s390
 from writers.tools import differing_pages, oracle, oracle_info
 from writers import s390 as w
-from writers import tape as t
+from writers import images as wi
 
-MEM = 64 << 20
-T0, T1 = w.tod(1_700_000_200), w.tod(1_700_000_230)
+MEM = wi.TAPE_MEM
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +37,8 @@ def cache_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def images(elf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tape")
-    made = {}
-    for name, with_tool, writer in [("plain", True, t.write_plain), ("file2", False, t.write_plain),
-                                    ("aws", True, t.write_aws)]:
-        path = folder / f"{name}.{'aws' if name == 'aws' else 'img'}"
-        with open(path, "wb") as f:
-            writer(f, t.dump_blocks(elf.read_physical, MEM, w.cpu_states(elf), tod_start=T0, tod_end=T1,
-                                    with_tool=with_tool))
-        made[name] = path
-    return made
+def images(written):
+    return {name: written(f"tape-{name}").path for name in ("plain", "file2", "aws")}
 
 
 def check(dump, elf, reference):

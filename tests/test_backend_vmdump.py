@@ -20,30 +20,22 @@ from dumpfs.arch import s390x
 from dumpfs.backends import open_dump
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views.vmcore import build_vmcore
+from writers import images as wi
 from writers import vmdump as wv
 from writers.tools import differing_pages, oracle, write_file
 
-SIZE = 128 << 20
+SIZE = wi.VMDUMP_MEM
 GROUP = 16 << 20
-TOD = (0x7D91048BCA000000 + (1_700_000_000_000_000 << 12))
+TOD = wi.VMDUMP_TOD
 
 
-def _registers(elf):
-    """What VMDUMP carries: everything but the vector registers."""
-    return [{k: v for k, v in elf.cpus[n].registers.items() if not k.startswith("v")}
-            for n in sorted(elf.cpus)]
+_registers = wi.vmdump_registers          # what VMDUMP carries: everything but the vector registers
 
 
 @pytest.fixture(scope="module")
-def images(elf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vmdump")
-    made = {}
-    for name, kwargs in [("big", {}), ("classic", {"fir_format": 0x82}),
-                         ("ranges", {"requested_ranges": [(0, SIZE - 1)], "def_store": 2 * SIZE})]:
-        with open(folder / f"{name}.vmdump", "wb") as f:
-            made[name] = (folder / f"{name}.vmdump",
-                          wv.write_vmdump(f, elf.read_physical, SIZE, _registers(elf), tod=TOD, **kwargs))
-    return made
+def images(written):
+    kinds = {"big": "vmdump", "classic": "vmdump-classic", "ranges": "vmdump-ranges"}
+    return {name: (written(kind).path, written(kind).facts) for name, kind in kinds.items()}
 
 
 @pytest.mark.parametrize("name", ["big", "classic", "ranges"])
