@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from dumpfs.model import Dump, DumpError
+from dumpfs.model import Dump, DumpError, PageState
 from dumpfs.source import FileSource, Source
 
 # Detection order: most specific magic first.
@@ -57,6 +57,37 @@ def _complete_from_memory(dump: Dump) -> None:
     dump.meta.details["vmcoreinfo"] = locate_vmcoreinfo(dump)
     if not dump.meta.kernel_release and dump.vmcoreinfo is not None:
         dump.meta.kernel_release = dump.vmcoreinfo.get("OSRELEASE")
+    _name_missing_memory(dump)
+
+
+MAX_MISSING_RANGES = 16
+
+
+def _name_missing_memory(dump: Dump) -> None:
+    """An incomplete dump's details name the address ranges it lacks ("missing memory").
+
+    The problems say why (a volume, a segment, the end of a file); this says
+    exactly which memory is unreadable because of it.  Complete dumps are not
+    walked, so opening a big dump stays lazy.
+    """
+    if dump.meta.complete:
+        return
+    ranges: list[list[int]] = []
+    for chunk in dump.memory:
+        if chunk.state is not PageState.MISSING:
+            continue
+        if ranges and ranges[-1][1] == chunk.start:
+            ranges[-1][1] = chunk.end
+        else:
+            ranges.append([chunk.start, chunk.end])
+    if not ranges:
+        return
+    total = sum(end - start for start, end in ranges)
+    shown = ", ".join(f"{start:#x}-{end:#x}" for start, end in ranges[:MAX_MISSING_RANGES])
+    more = len(ranges) - MAX_MISSING_RANGES
+    dump.meta.details["missing memory"] = (
+        f"{shown}{f' and {more} more ranges (see memory/map)' if more > 0 else ''} "
+        f"({total:,} bytes in {len(ranges)} range{'s' if len(ranges) > 1 else ''})")
 
 
 def open_sources(sources: list[Source], *, partial: bool = False) -> list[Dump]:

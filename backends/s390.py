@@ -175,6 +175,9 @@ def block_size(source: Source) -> int:
     return DEFAULT_BLOCK_SIZE
 
 
+PAGE = 4096                 # a page cut by the end of the source is missing as a whole
+
+
 # -- segments of s390_ext -------------------------------------------------------------------
 
 @dataclass
@@ -252,6 +255,8 @@ class S390Dump:
         else:
             end_marker_offset = self.base + HEADER_SIZE + self.mem_size
             stored = max(0, min(self.mem_size, source.size - self.base - HEADER_SIZE))
+            if stored < self.mem_size:
+                stored -= stored % PAGE     # a page only partly in the file is missing, not half-served
             if stored < self.mem_size and self.legacy_mv:
                 self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: it is on "
                                      f"the other volumes of the non-extended multi-volume dump")
@@ -386,6 +391,8 @@ class S390Dump:
     def _present(self, segment: Segment) -> int:
         """Memory bytes of the segment whose data the source holds."""
         if not segment.size_on_disk:
+            if segment.stored < segment.length:
+                return segment.stored - segment.stored % PAGE   # only whole pages of a cut segment
             return segment.stored
         ends = [(e & ~ENTRY_UNCOMPRESSED) * self.block_size for e in segment.entries[1:]]
         ends.append(segment.size_on_disk)
