@@ -81,11 +81,6 @@ def _oserror_text(exc: OSError) -> str:
     return f"{exc.filename}: {text}" if exc.filename else text
 
 
-def _open(path: str):
-    from dumpfs.backends import open_dump
-    return open_dump(path)
-
-
 def _open_all(paths: list[str], partial: bool = False) -> list:
     """Several sources; the volumes of one multi-volume dump become one dump."""
     from dumpfs.backends import open_paths
@@ -306,7 +301,14 @@ BLOCK = 4 << 20
 
 def cmd_convert(args) -> int:
     from dumpfs.views.vmcore import vmcore_file
-    dump = _open(args.source)
+    dumps = _open_all(args.sources, args.partial)
+    if len(dumps) != 1:
+        names = "; ".join(", ".join(d.sources) or "?" for d in dumps)
+        for other in dumps:
+            other.close()
+        raise Failure(f"the sources are {len(dumps)} dumps ({names}), convert writes one: give one "
+                      f"dump, or the volumes of one multi-volume dump", USAGE)
+    dump = dumps[0]
     try:
         vmcore = vmcore_file(dump)
         size = vmcore.size
@@ -453,10 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ELF core that crash, gdb and drgn read.  The output "
                                    "appears under its name only when complete.",
                        epilog="examples:\n  dumpfs convert dump.kdump vmcore.elf\n"
+                              "  dumpfs convert /dev/dasdb1 /dev/dasdc1 /dev/dasdd1 vmcore.elf\n"
                               "  dumpfs convert dump.kdump - | ssh host 'cat > vmcore'\n\n"
                               + EXIT_CODES)
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a dump; several volumes of one multi-volume DASD dump are one dump")
     p.add_argument("output", metavar="OUTPUT", help="file to write, or - for stdout")
+    p.add_argument("--partial", action="store_true",
+                   help="convert a multi-volume dump even with volumes missing (their memory "
+                        "is left out of the output)")
     p.add_argument("--format", choices=["elf"], default="elf", help="output format (elf)")
     p.add_argument("--progress", action="store_true",
                    help="progress bar on stderr even when it is not a terminal")

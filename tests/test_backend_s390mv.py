@@ -20,6 +20,7 @@ import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump, open_paths
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from writers.elfcore import ElfCore
 from writers.tools import differing_pages, oracle, oracle_info
 from writers import loop
 from writers import s390 as w
@@ -246,3 +247,64 @@ def test_empty_set_says_no_dump(tmp_path):
             mv.prepare_disk(f, table, spec)
     with pytest.raises(DumpError, match=r"no dump on .*multi-volume dump tool XMULT64 v2 installed on 3 volume"):
         open_paths([str(p) for p in paths])
+
+
+# -- dumpfs convert of a multi-volume set ----------------------------------------------------
+
+def _covered(core) -> list[tuple[int, int]]:
+    return [(paddr, paddr + filesz) for paddr, _, filesz, _ in core.loads if filesz]
+
+
+def test_convert_the_volumes_to_one_elf(volumes, elf, reference, tmp_path):
+    """All three volumes, in any order, make one ELF: the writer's memory, the fixture's registers."""
+    paths, image = volumes
+    out = tmp_path / "set.elf"
+    done = run_dumpfs("convert", "-q", paths[2], paths[0], paths[1], out)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    core = ElfCore(out)
+    try:
+        assert core.end == MEM
+        for start in range(0, MEM, 16 * MIB):
+            assert core.read(start, 16 * MIB) == reference(start, 16 * MIB), hex(start)
+        truth = fc.truth("s390x-custom")["cpus"]
+        assert len(core.cpus) == len(truth)
+        for ours, cpu in zip(core.cpus, truth):
+            expected = {k: v for k, v in cpu["registers"].items() if k in ours}
+            assert len(expected) > 80
+            assert {k: hex(ours[k]) for k, v in expected.items() if ours[k] != v} == {}
+    finally:
+        core.close()
+
+
+def test_convert_with_a_volume_missing(volumes, reference, tmp_path):
+    paths, image = volumes
+    out = tmp_path / "partial.elf"
+    done = run_dumpfs("convert", "-q", paths[0], paths[2], out)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert "volume 1 (device 0.0.5a11) is missing" in done.stderr and "--partial" in done.stderr
+    assert not out.exists() and not (tmp_path / "partial.elf.tmp").exists()
+    done = run_dumpfs("convert", "-q", "--partial", paths[0], paths[2], out)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    core = ElfCore(out)
+    try:
+        vol0_end = sum(image.segments[0][-1])
+        vol2_start = image.segments[2][0][0]
+        gap = (vol0_end, vol2_start)
+        assert not any(s < gap[1] and gap[0] < e for s, e in _covered(core)), _covered(core)
+        assert core.read(0, vol0_end) == reference(0, vol0_end)
+        assert core.read(vol2_start, MEM - vol2_start) == reference(vol2_start, MEM - vol2_start)
+    finally:
+        core.close()
+
+
+def test_convert_refuses_two_dumps(volumes, elf, tmp_path):
+    paths, _ = volumes
+    other = tmp_path / "other"
+    other.mkdir()
+    other_paths, _ = write_set(other, elf, timestamp=TIMESTAMP + 1)
+    out = tmp_path / "two.elf"
+    done = run_dumpfs("convert", "-q", *paths, *other_paths, out)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "the sources are 2 dumps" in done.stderr, done.stderr
+    assert not out.exists()
