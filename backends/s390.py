@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -215,6 +216,8 @@ class S390Dump:
         self.problems: list[str] = []
         self.block_size = block_size(source)
         self.cache = PageCache(capacity=64)     # decoded 1 MiB zlib entries
+        self._decoding: dict[tuple[int, int], threading.Event] = {}    # entries being decoded
+        self._decoding_lock = threading.Lock()
         raw = source.read(self.base, HEADER_SIZE)
         if len(raw) < HEADER_SIZE:
             raise DumpError(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
@@ -430,10 +433,30 @@ class S390Dump:
         return b"".join(parts)
 
     def _entry(self, segment: Segment, index: int) -> bytes:
+        """One decoded entry, decoded once: a request for an entry another thread is decoding
+        (FUSE readahead sends neighbouring requests in parallel) waits for that decode."""
         key = (segment.number, index)
-        data = self.cache.get(key)
-        if data is not None:
+        while True:
+            data = self.cache.get(key)
+            if data is not None:
+                return data
+            with self._decoding_lock:
+                event = self._decoding.get(key)
+                owner = event is None
+                if owner:
+                    event = self._decoding[key] = threading.Event()
+            if not owner:
+                event.wait()
+                continue            # cached now; or the decode failed: try (and fail) here too
+            try:
+                data = self._decode_entry(segment, index, key)
+            finally:
+                with self._decoding_lock:
+                    del self._decoding[key]
+                event.set()
             return data
+
+    def _decode_entry(self, segment: Segment, index: int, key) -> bytes:
         unit = self.hdr.zlib_entry_size
         address = segment.start + index * unit
         size = min(unit, segment.length - index * unit)

@@ -413,3 +413,36 @@ def test_corrupt_zlib_entry_is_unavailable_alone(tmp_path):
     with pytest.raises(MemoryUnavailable, match="corrupt"):
         dump.read_physical(start, 4096)
     assert dump.read_physical(start + MIB, 4096) == _pattern(start + MIB, 4096)
+
+
+def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
+    """FUSE readahead sends neighbouring requests in parallel: one decode serves them all."""
+    import threading
+    import time
+    from dumpfs.backends import s390 as backend
+
+    decoded = []
+    original = backend.S390Dump._decode_entry
+
+    def slow_decode(self, segment, index, key):
+        decoded.append(key)
+        time.sleep(0.05)
+        return original(self, segment, index, key)
+    monkeypatch.setattr(backend.S390Dump, "_decode_entry", slow_decode)
+    path, image = images["v2"]
+    dump = open_dump(str(path))
+    start = image.segments[1][0]
+    assert (1, 0) not in decoded        # not read at open (CPUs, VMCOREINFO)
+    decoded.clear()
+    results = []
+    threads = [threading.Thread(target=lambda k=k: results.append(dump.read_physical(start + k * 4096, 4096)))
+               for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert decoded == [(1, 0)]
+    v1 = open_dump(str(images["v1"][0]))
+    assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(6))
+    v1.close()
+    dump.close()
