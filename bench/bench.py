@@ -16,6 +16,14 @@
    `cat info` and 1 MiB reads at a few offsets of `vmcore`, and the peak RSS
    (VmHWM) of the mount daemon.
 
+3. `--s390` (alone): IBM Z sources written from s390x-custom's QEMU ELF memory
+   (256 MiB) with the test writers: `dd` of the mounted `vmcore` over a plain
+   single-volume s390 image against `dd` of the image itself (same run), and
+   over an `s390_ext` v2 image with zlib entries against the single-thread
+   zlib decode rate of the same entries (every zlib entry of the image
+   decompressed in-process; MB/s of output).  Only the s390 section of
+   RESULTS.md is replaced; everything else in it is kept.
+
 Prints a Markdown table and writes it to bench/RESULTS.md.  Mounts are
 unmounted whatever happens.
 """
@@ -51,6 +59,12 @@ MARKER = "<!-- analysis: kept by bench.py across runs -->"
 TARGET_ELF_RATIO = 0.5
 TARGET_MOUNT_S = 2.0
 TARGET_RSS_MIB = 150
+
+TARGET_S390_RATIO = 0.5
+TARGET_S390_ZLIB_RATIO = 0.8
+S390_BEGIN = "<!-- s390: begin (bench.py --s390 replaces this section) -->"
+S390_END = "<!-- s390: end -->"
+S390_FIXTURE = ("s390x-custom", "qemu-dgm.elf.xz")
 
 ELF_SOURCE = ("x86_64-custom", "qemu-elf.vmcore.xz")
 KDUMP_SOURCE = ("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
@@ -267,6 +281,206 @@ def bench_sparse(workdir: Path) -> dict:
     return result
 
 
+# -- IBM Z (s390) ---------------------------------------------------------------
+
+def write_s390_images(workdir: Path) -> dict[str, Path]:
+    """Plain s390 and s390_ext v2 (zlib) of s390x-custom's memory, by the test writers."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from dumpfs.backends import open_dump
+    from writers import s390 as w
+
+    elf = open_dump(str(fc.unpacked(*S390_FIXTURE)))
+    try:
+        mem, cpus = elf.memory.end, w.cpu_states(elf)
+        t0, t1 = w.tod(1_700_000_000), w.tod(1_700_000_005)
+        paths = {"plain": workdir / "s390-plain.img", "zlib": workdir / "s390_ext-v2.img"}
+        with open(paths["plain"], "wb") as f:
+            w.write_s390(f, elf.read_physical, mem, cpus, tod_start=t0, tod_end=t1)
+        with open(paths["zlib"], "wb") as f:
+            w.write_s390_ext(f, elf.read_physical, mem, cpus, version=2, tod_start=t0, tod_end=t1)
+    finally:
+        elf.close()
+    return paths
+
+
+def s390_ext_zlib_decode_rate(path: Path) -> dict:
+    """Decompress every zlib entry of an s390_ext v2 image in-process (one thread), from the
+    format alone (s390.md): header zlib_entry_size, 4 KiB segment headers, entry offsets in blocks."""
+    data = path.read_bytes()
+    magic, version = struct.unpack_from(">QI", data, 0)
+    if magic != 0xA8190173618F23FE or version != 2:
+        raise RuntimeError(f"{path}: not an s390_ext v2 dump")
+    mem_size = struct.unpack_from(">Q", data, 0x18)[0]
+    unit = struct.unpack_from(">I", data, 0x62)[0]
+    view = memoryview(data)
+    entries, raw_bytes, offset = [], 0, 0x1000
+    while True:
+        start, length, stop, size_on_disk = struct.unpack_from(">QQQI", data, offset)
+        count = struct.unpack_from(">I", data, offset + 0x30)[0]
+        body = offset + 0x1000
+        if size_on_disk:
+            values = struct.unpack_from(f">{count}I", data, offset + 0x34)
+            ends = [(v & 0x7FFFFFFF) * 4096 for v in values[1:]] + [size_on_disk * 4096]
+            for i, (value, end) in enumerate(zip(values, ends)):
+                out = min(unit, length - i * unit)
+                if value & 0x80000000:
+                    raw_bytes += out
+                else:
+                    entries.append((body + (value & 0x7FFFFFFF) * 4096, body + end, out, start + i * unit))
+            offset = body + size_on_disk * 4096
+        else:
+            raw_bytes += length
+            offset = body + length
+        if stop or not length:
+            break
+    decompress = zlib.decompress
+    start = time.perf_counter()
+    out = 0
+    for low, high, size, _ in entries:
+        out += len(zlib.decompressobj().decompress(view[low:high], size))
+    elapsed = time.perf_counter() - start
+    expected = sum(size for _, _, size, _ in entries)
+    if out != expected:
+        raise RuntimeError(f"{path}: decoded {out} bytes, the entries hold {expected}")
+    del decompress
+    return {"entries": len(entries), "bytes": out, "ranges": [(a, n) for _, _, n, a in entries], "raw_bytes": raw_bytes, "mem_size": mem_size,
+            "file_bytes": len(data), "seconds": elapsed, "mb_s": rate(out, elapsed)}
+
+
+def elf_loads(path: Path) -> list[tuple[int, int, int]]:
+    """(paddr, offset, filesz) of the PT_LOADs of a big-endian ELF64 core (s390x vmcore)."""
+    with open(path, "rb") as f:
+        ehdr = f.read(64)
+        phoff, = struct.unpack_from(">Q", ehdr, 32)
+        phentsize, phnum = struct.unpack_from(">HH", ehdr, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    loads = []
+    for i in range(phnum):
+        p_type, _, offset, _, paddr, filesz = struct.unpack_from(">IIQQQQ", table, i * phentsize)
+        if p_type == 1:
+            loads.append((paddr, offset, filesz))
+    return loads
+
+
+def read_ranges_through_mount(source: Path, ranges, workdir: Path, repeat: int) -> dict:
+    """Fresh mount each run; pread each (address, length) of the vmcore, 1 MiB at a time, in
+    address order: exactly the memory the zlib entries hold, as a tool reading it would."""
+    runs = []
+    for i in range(repeat):
+        mountpoint = workdir / f"s390-entries-{i}"
+        try:
+            mount([source], mountpoint)
+            vmcore = mountpoint / "vmcore"
+            loads = elf_loads(vmcore)
+            fd = os.open(vmcore, os.O_RDONLY)
+            try:
+                start = time.perf_counter()
+                got = 0
+                for address, length in sorted(ranges):
+                    paddr, offset, _ = next(l for l in loads if l[0] <= address < l[0] + l[2])
+                    for part in range(0, length, MiB):
+                        got += len(os.pread(fd, min(MiB, length - part), offset + address - paddr + part))
+                runs.append((got, time.perf_counter() - start))
+            finally:
+                os.close(fd)
+        finally:
+            umount(mountpoint)
+    expected = sum(n for _, n in ranges)
+    if any(got != expected for got, _ in runs):
+        raise RuntimeError(f"short reads: {[g for g, _ in runs]} of {expected}")
+    return {"bytes": expected, "runs_mb_s": [rate(g, t) for g, t in runs],
+            "mb_s": max(rate(g, t) for g, t in runs)}
+
+
+def bench_s390(workdir: Path, repeat: int) -> dict:
+    paths = write_s390_images(workdir)
+    rows = []
+    for name, label in (("plain", "s390 (plain, single volume)"), ("zlib", "s390_ext v2, zlib")):
+        row = bench_throughput(f"s390-{name}", paths[name], workdir, repeat)
+        row.update(name=name, label=label)
+        rows.append(row)
+    zref = s390_ext_zlib_decode_rate(paths["zlib"])
+    entries = read_ranges_through_mount(paths["zlib"], zref["ranges"], workdir, repeat)
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+    return {"rows": rows, "zref": zref, "entries": entries}
+
+
+def report_s390(result: dict, repeat: int) -> str:
+    plain, ext = result["rows"]
+    zref = result["zref"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    entries = result["entries"]
+    zratio = entries["mb_s"] / zref["mb_s"]
+    whole_ratio = ext["vmcore_mb_s"] / zref["mb_s"]
+    lines = [
+        S390_BEGIN,
+        "## IBM Z sources (`bench.py --s390`)",
+        "",
+        f"{now}; {machine()}; commit {commit}; best of {repeat} runs per row.  Images written by "
+        f"tests/writers/s390.py from `{S390_FIXTURE[0]}/{S390_FIXTURE[1]}` (256 MiB, 2 CPUs); "
+        "`dd bs=1M` of the mounted `vmcore` (1st read on a fresh mount, through FUSE) against "
+        "`dd` of the image (warm page cache), in the same run.",
+        "",
+        "| source | bytes (image / vmcore) | image MB/s | vmcore MB/s, 1st read (all runs) | ratio "
+        "| vmcore MB/s, 2nd read | reference | target | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {plain['label']} | {plain['source_bytes']:,} / {plain['vmcore_bytes']:,} "
+        f"| {plain['source_mb_s']:.0f} | {plain['vmcore_mb_s']:.0f} "
+        f"({', '.join(f'{r:.0f}' for r in plain['vmcore_runs_mb_s'])}) | {plain['ratio']:.2f}× "
+        f"| {plain['vmcore_cached_mb_s']:.0f} | `dd` of the image "
+        f"| ≥ {TARGET_S390_RATIO}× | {verdict(plain['ratio'] >= TARGET_S390_RATIO)} |",
+        f"| {ext['label']}: whole vmcore | {ext['source_bytes']:,} / {ext['vmcore_bytes']:,} "
+        f"| {ext['source_mb_s']:.0f} | {ext['vmcore_mb_s']:.0f} "
+        f"({', '.join(f'{r:.0f}' for r in ext['vmcore_runs_mb_s'])}) | {whole_ratio:.2f}× of zlib "
+        f"| {ext['vmcore_cached_mb_s']:.0f} | zlib decode {zref['mb_s']:.0f} MB/s | – | – |",
+        f"| {ext['label']}: the zlib entries' memory only | – / {entries['bytes']:,} | – "
+        f"| {entries['mb_s']:.0f} ({', '.join(f'{r:.0f}' for r in entries['runs_mb_s'])}) "
+        f"| {zratio:.2f}× of zlib | – | zlib decode {zref['mb_s']:.0f} MB/s "
+        f"| ≥ {TARGET_S390_ZLIB_RATIO}× | {verdict(zratio >= TARGET_S390_ZLIB_RATIO)} |",
+        "",
+        f"zlib reference: single-thread `zlib.decompressobj().decompress` of all {zref['entries']} "
+        f"zlib entries (1 MiB each) of the s390_ext v2 image ({zref['file_bytes']:,} bytes, read "
+        f"whole into memory first): {zref['bytes']:,} bytes out in {zref['seconds']:.3f} s = "
+        f"**{zref['mb_s']:.0f} MB/s**.  The image also holds {zref['raw_bytes']:,} bytes stored raw "
+        f"(the first MiB, incompressible entries); the other "
+        f"{zref['mem_size'] - zref['bytes'] - zref['raw_bytes']:,} bytes of memory are all-zero "
+        f"megabytes the dumper left out, which cost no decoding, so the whole-vmcore row flatters "
+        f"the zlib path.  The judged row reads, on a fresh mount, exactly the memory of the zlib "
+        f"entries (1 MiB `pread`s of `vmcore` in address order): decode plus FUSE transport "
+        f"against pure in-memory decoding.",
+        "",
+        "Profile of the zlib path (2026-11-27, counting decodes in a `mount -f` daemon): the "
+        "vmcore's PT_LOAD starts at file offset 0x3000, so every 1 MiB entry spans two 1 MiB FUSE "
+        "requests, and readahead sends them in parallel: 30 decodes for 21 entries before, 21 "
+        "after the fix (an entry being decoded is awaited, not decoded again; the PageCache keeps "
+        "64 decoded entries across requests; compressed data is read with one `pread` per entry).  "
+        "In-process, the model reads the same entries at 0.97× the decode rate (286 vs 294 MB/s), "
+        "so what is left is the FUSE transport (~1–3 ms per 1 MiB request, see the ELF analysis "
+        "above); a background decode of the next entry was tried and gave nothing measurable on "
+        "these 2 vCPUs.  The plain s390 row is the same FUSE ceiling as the ELF row above.",
+        S390_END,
+    ]
+    return "\n".join(lines)
+
+
+def write_s390_section(text: str) -> None:
+    """Replace (or append after the analysis marker) the s390 section of RESULTS.md."""
+    results = HERE / "RESULTS.md"
+    old = results.read_text() if results.exists() else MARKER + "\n"
+    if S390_BEGIN in old and S390_END in old:
+        head, rest = old.split(S390_BEGIN, 1)
+        new = head + text + rest.split(S390_END, 1)[1]
+    else:
+        if MARKER not in old:
+            old += "\n" + MARKER + "\n"
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    results.write_text(new)
+
+
 # -- report -------------------------------------------------------------------
 
 def verdict(ok: bool) -> str:
@@ -344,10 +558,27 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
     parser.add_argument("--no-write", action="store_true", help="print only, keep RESULTS.md")
     parser.add_argument("--workdir", help="where the mounts and the sparse file go (default: tmp)")
+    parser.add_argument("--s390", action="store_true",
+                        help="only the IBM Z rows (s390 plain, s390_ext zlib); replaces their section")
     args = parser.parse_args()
     for tool in ("dd", "fusermount3"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (coreutils / fuse3)")
+
+    if args.s390:
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dumpfs-bench-s390-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            result = bench_s390(workdir, args.repeat)
+        finally:
+            umount_all()
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+        text = report_s390(result, args.repeat)
+        print(text)
+        if not args.no_write:
+            write_s390_section(text)
+        return 0
 
     elf_source = fc.unpacked(*ELF_SOURCE)
     kdump_source = fc.unpacked(*KDUMP_SOURCE)
