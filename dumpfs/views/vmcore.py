@@ -6,7 +6,7 @@ memory map onto whole pages):
     ELF header, program headers (PT_NOTE, one PT_LOAD per memory run)
     [section header 0, only when the PT_LOAD count needs PN_XNUM]
     padding to a page
-    notes: dump-wide notes, each CPU's notes, VMCOREINFO; padding to a page
+    notes: dump-wide notes, each CPU's notes, VMCOREINFO; padding to 1 MiB
     memory of each PT_LOAD, file offset congruent to its address modulo the page
 
 A PT_LOAD covers a maximal run of adjacent present and zero chunks; a zero
@@ -25,6 +25,12 @@ from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
 from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
+
+
+# Memory data starts on a 1 MiB boundary: the kernel's 1 MiB FUSE reads then
+# cover whole 1 MiB compression entries (s390_ext) and batches of pages
+# instead of straddling two, so parallel requests decode in parallel.
+DATA_ALIGNMENT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
 
     headers_size = EHDR_SIZE + PHDR_SIZE * phnum + (SHDR_SIZE if xnum else 0)
     notes_offset = _round_up(headers_size, page)
-    data_offset = _round_up(notes_offset + len(notes), page)
+    data_offset = _round_up(notes_offset + len(notes), DATA_ALIGNMENT)
 
     extents: list[Extent] = []
     phdrs = [struct.pack(prefix + PHDR_FORMAT, PT_NOTE, 0, notes_offset, 0, 0,
