@@ -7,6 +7,7 @@ someone looks.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import threading
 from typing import Callable, Iterable
@@ -49,14 +50,27 @@ class File(Node):
         return self._read(offset, min(length, size - offset))
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes | Callable[[], bytes], mtime: float | None = None) -> "File":
-        """A small file whose whole content is computed at most once."""
-        cell: list[bytes] = []
+    def from_bytes(cls, name: str, data: bytes | Callable[[], bytes], mtime: float | None = None,
+                   failures: tuple[type[BaseException], ...] = ()) -> "File":
+        """A small file whose whole content is computed at most once.
+
+        An exception of a `failures` type is kept too: every stat and read of
+        the file then fails with EIO and its message, without computing again.
+        """
+        cell: list[tuple[bool, object]] = []
+        lock = threading.Lock()
 
         def content() -> bytes:
-            if not cell:
-                cell.append(data() if callable(data) else data)
-            return cell[0]
+            with lock:
+                if not cell:
+                    try:
+                        cell.append((True, data() if callable(data) else data))
+                    except failures as exc:
+                        cell.append((False, str(exc)))
+            ok, value = cell[0]
+            if not ok:
+                raise OSError(errno.EIO, f"{name}: {value}")
+            return value
 
         return cls(name, lambda: len(content()),
                    lambda offset, length: content()[offset:offset + length], mtime)

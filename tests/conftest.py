@@ -7,9 +7,11 @@ tests did; an atexit hook catches a session that dies before teardown.
 from __future__ import annotations
 
 import atexit
+import signal
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,17 @@ def written(elf, tmp_path_factory):
     built on first use and shared by every test module of the session."""
     from writers.images import WrittenImages
     return WrittenImages(elf, tmp_path_factory.mktemp("written"))
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Hostile-input tests: a walk that does not end in time fails instead of hanging the suite."""
+    def expired(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import errno
 import random
-import signal
 import struct
 import tarfile
-from contextlib import contextmanager
 from functools import lru_cache
 
 import pytest
 
 import fixturecache as fc
+from conftest import time_limit
 from dumpfs.arch import x86_64
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import KernelUnavailable, kernel_context
@@ -59,17 +58,6 @@ def reference_kallsyms(folder: str) -> list[tuple[int, str, str]]:
     return out
 
 
-@contextmanager
-def time_limit(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def read_file(tree, path: str) -> bytes:

@@ -8,19 +8,18 @@ import errno
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 
 import pytest
 
 import fixturecache as fc
+from conftest import time_limit
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import kernel_context
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.model import Dump
 
 VMLINUX = "vmlinux-6.1.192-dumpfs.xz"
 BTF_DUMPS = [("x86_64-debian", "qemu-elf.vmcore.xz"), ("x86_64-custom", "qemu-elf.vmcore.xz"),
@@ -30,17 +29,6 @@ CASES = [(f, n, False) for f, n in BTF_DUMPS] + [(f, n, True) for f, n in DWARF_
 IDS = [f"{f}/{n}{'+vmlinux' if v else ''}" for f, n, v in CASES]
 
 
-@contextmanager
-def time_limit(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s")
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,37 +11,10 @@ reason is in `kernel/sources` and in `info`'s problems.
 
 from __future__ import annotations
 
-import errno
-from typing import Callable
 
 from dumpfs.kernel.context import KernelUnavailable, kernel_context
 from dumpfs.model import Dump, MemoryUnavailable
 from dumpfs.tree import Dir, File
-
-
-class KernelFile(File):
-    """A file computed once on first use; failure is an OSError(EIO) naming the reason."""
-
-    def __init__(self, name: str, compute: Callable[[], bytes]):
-        self._compute = compute
-        self._result: tuple[bool, object] | None = None
-        super().__init__(name, lambda: len(self._content()),
-                         lambda offset, length: self._content()[offset:offset + length])
-
-    def _content(self) -> bytes:
-        if self._result is None:
-            try:
-                self._result = (True, self._compute())
-            except (KernelUnavailable, MemoryUnavailable) as exc:
-                self._result = (False, str(exc))
-        ok, value = self._result
-        if not ok:
-            raise OSError(errno.EIO, f"{self.name}: {value}")
-        return value
-
-    @property
-    def size(self) -> int:
-        return len(self._content())
 
 
 def kernel_dir(dump: Dump, system_map=None, vmlinux=None) -> Dir:
@@ -57,9 +30,12 @@ def kernel_dir(dump: Dump, system_map=None, vmlinux=None) -> Dir:
         lines = [f"note: {n}" for n in context.notes] + [f"problem: {p}" for p in context.problems]
         return ("\n".join(lines) + "\n").encode()
 
+    def computed(name, compute):
+        return File.from_bytes(name, compute, failures=(KernelUnavailable, MemoryUnavailable))
+
     return Dir("kernel", [
-        KernelFile("log", lambda: context.log.text()),
-        KernelFile("release", lambda: (context.release + "\n").encode()),
-        KernelFile("symbols", lambda: context.symbols.system_map().encode()),
-        KernelFile("sources", sources),
+        computed("log", lambda: context.log.text()),
+        computed("release", lambda: (context.release + "\n").encode()),
+        computed("symbols", lambda: context.symbols.system_map().encode()),
+        computed("sources", sources),
     ])

@@ -41,31 +41,9 @@ def _eio(what: str, exc: Exception) -> OSError:
     return OSError(errno.EIO, f"{what}: {exc}")
 
 
-class LazyFile(File):
-    """Content computed once on first use; a failure is EIO (the reason kept for every call)."""
-
-    def __init__(self, name: str, compute):
-        self._compute = compute
-        self._result = None
-        self._lock = threading.Lock()
-        super().__init__(name, lambda: len(self._content()),
-                         lambda offset, length: self._content()[offset:offset + length])
-
-    def _content(self) -> bytes:
-        with self._lock:
-            if self._result is None:
-                try:
-                    self._result = (True, self._compute())
-                except ERRORS as exc:
-                    self._result = (False, str(exc))
-        ok, value = self._result
-        if not ok:
-            raise OSError(errno.EIO, f"{self.name}: {value}")
-        return value
-
-    @property
-    def size(self) -> int:
-        return len(self._content())
+def computed(name: str, compute) -> File:
+    """A process file computed on first use; walking failures become EIO with the reason."""
+    return File.from_bytes(name, compute, failures=ERRORS)
 
 
 class Process:
@@ -191,7 +169,7 @@ def process_dir(process: Process) -> Dir:
     def children():
         nodes = [
             File.from_bytes("comm", (task.comm + "\n").encode()),
-            LazyFile("status", lambda: status_text(task, len(process.threads))),
+            computed("status", lambda: status_text(task, len(process.threads))),
             File.from_bytes("stat", lambda: stat_text(task)),
             Dir("task", lambda: [task_dir(process, t) for t in process.threads]),
         ]
@@ -199,9 +177,9 @@ def process_dir(process: Process) -> Dir:
             nodes.append(File.from_bytes("cmdline", b""))
             return nodes
         nodes += [
-            LazyFile("cmdline", lambda: process.user_range("arg_start", "arg_end")),
-            LazyFile("environ", lambda: process.user_range("env_start", "env_end")),
-            LazyFile("maps", process.maps),
+            computed("cmdline", lambda: process.user_range("arg_start", "arg_end")),
+            computed("environ", lambda: process.user_range("env_start", "env_end")),
+            computed("maps", process.maps),
             mem_file(process),
             core_file(process),
             Dir("regions", lambda: region_files(process)),
