@@ -23,7 +23,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState, VmcoreInfo)
+                          PageCache, PageState, VmcoreInfo, may_wait)
 from dumpfs.source import Source
 
 NAME = "kdump"
@@ -567,6 +567,8 @@ class KdumpPages:
                 group = [data_offset, size, [(i, size, flags)]]
                 groups.append(group)
 
+        if any(flags for group in groups for _, _, flags in group[2]):
+            may_wait("decompressing kdump pages")
         decompress = zlib.decompress
         for data_offset, group_length, members in groups:
             blob = memoryview(self.source.read(data_offset, group_length))

@@ -23,7 +23,7 @@ from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 from dumpfs.arch import s390x
 from dumpfs.backends.s390 import cpus_from_lowcores
 from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState)
+                          PageCache, PageState, may_wait)
 from dumpfs.source import Source
 
 NAME = "lkcd"
@@ -203,6 +203,7 @@ class LkcdDump:
             raise MemoryUnavailable(address, f"page header at {offset:#x} says {addr:#x}")
         body = raw[PAGE_HEADER.size:PAGE_HEADER.size + size]
         if flags == DH_COMPRESSED:
+            may_wait("decompressing an LKCD page")
             try:
                 data = zlib.decompress(body)
             except zlib.error as e:

@@ -25,7 +25,7 @@ from dumpfs.arch import s390x
 from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
 from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState)
+                          PageCache, PageState, may_wait)
 from dumpfs.source import Source
 
 NAME = "s390"
@@ -440,6 +440,7 @@ class S390Dump:
             data = self.cache.get(key)
             if data is not None:
                 return data
+            may_wait("decoding a zlib entry")
             with self._decoding_lock:
                 event = self._decoding.get(key)
                 owner = event is None

@@ -26,7 +26,7 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, 
 from dumpfs.arch import s390x
 from dumpfs.s390dump import tod_to_datetime
 from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState)
+                          PageCache, PageState, may_wait)
 from dumpfs.source import Source
 
 NAME = "vmdump"
@@ -183,6 +183,7 @@ class PageMap:
         cached = self.cache.get(group)
         if cached is not None:
             return cached
+        may_wait("indexing a VMDUMP page group")
         where = self.groups[group]
         pages = min(GROUP_PAGES, self.total_pages - group * GROUP_PAGES)
         if self.classic_bitmap is None:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import pyfuse3
 import trio
 
-from dumpfs.model import MemoryUnavailable
+from dumpfs.model import MemoryUnavailable, WouldBlock, without_waiting
 from dumpfs.tree import Dir, Node
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,14 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def read(self, fh, off, size):
         node = self._node(fh)
+        if node.inline:
+            # most reads are copies from the page cache: served here they spare the thread
+            # hop (~40% of a 1 MiB read); anything that would wait goes to a worker
+            try:
+                with without_waiting():
+                    return node.read(off, size)
+            except WouldBlock:
+                pass
         return await self._blocking(node.read, off, size)
 
     async def release(self, fh):

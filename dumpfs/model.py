@@ -8,6 +8,7 @@ metadata.  Nothing here knows which file format the dump came from.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
 import threading
 from collections import OrderedDict
@@ -29,6 +30,35 @@ class MemoryUnavailable(Exception):
         super().__init__(f"physical address {address:#x}: {reason}")
         self.address = address
         self.reason = reason
+
+
+class WouldBlock(Exception):
+    """A read made `without_waiting()` would have had to wait for the disk or a decompression."""
+
+
+_no_waiting = threading.local()
+
+
+@contextlib.contextmanager
+def without_waiting():
+    """Reads inside may not block: data not in the page cache, or still to be decompressed,
+    raises WouldBlock.  The FUSE layer serves such reads on its event loop and hands the
+    rest to worker threads, which spares the thread hop for the common, cached case."""
+    _no_waiting.active = True
+    try:
+        yield
+    finally:
+        _no_waiting.active = False
+
+
+def waiting_forbidden() -> bool:
+    return getattr(_no_waiting, "active", False)
+
+
+def may_wait(what: str) -> None:
+    """Backends call this before work that takes long (decompression, waiting on a lock)."""
+    if getattr(_no_waiting, "active", False):
+        raise WouldBlock(what)
 
 
 class PageState(enum.Enum):
@@ -107,6 +137,7 @@ class Memory:
     @property
     def chunks(self) -> list[MemoryChunk]:
         if self._chunks is None:
+            may_wait("building the memory map")
             with self._lock:
                 if self._chunks is None:
                     self._chunks = list(self._factory())

@@ -31,11 +31,15 @@ class File(Node):
     """
 
     def __init__(self, name: str, size: int | Callable[[], int],
-                 read: Callable[[int, int], bytes], mtime: float | None = None):
+                 read: Callable[[int, int], bytes], mtime: float | None = None,
+                 inline: bool = False):
         super().__init__(name)
         self._size = size
         self._read = read
         self.mtime = mtime
+        self.inline = inline
+        """Reads are mostly copies from the page cache: worth trying without waiting
+        (dumpfs.model.without_waiting) before handing them to a worker thread."""
 
     @property
     def size(self) -> int:

@@ -10,6 +10,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from dumpfs.model import may_wait
 from dumpfs.tree import File
 
 Fill = Union[bytes, None, Callable[[int, int], bytes]]
@@ -71,7 +72,9 @@ def lazy_extent_file(name: str, build: Callable[[], ExtentFile]) -> File:
 
     def get() -> ExtentFile:
         if not layout:
+            may_wait("building the file's layout")
             layout.append(build())
         return layout[0]
 
-    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length))
+    return File(name, lambda: get().size, lambda offset, length: get().read(offset, length),
+                inline=True)

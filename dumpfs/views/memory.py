@@ -54,7 +54,7 @@ def map_text(dump: Dump) -> str:
 
 def memory_dir(dump: Dump) -> Dir:
     def children():
-        files = [File(range_name(start, end), end - start, physical_reader(dump, start))
+        files = [File(range_name(start, end), end - start, physical_reader(dump, start), inline=True)
                  for start, end in contiguous_ranges(dump)]
         files.append(File.from_bytes("map", lambda: map_text(dump).encode()))
         return files
