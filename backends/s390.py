@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import zlib
 from dataclasses import dataclass
 
@@ -218,6 +219,8 @@ class S390Dump:
         self.cache = PageCache(capacity=64)     # decoded 1 MiB zlib entries
         self._decoding: dict[tuple[int, int], threading.Event] = {}    # entries being decoded
         self._decoding_lock = threading.Lock()
+        self._last_entry: tuple[int, int] | None = None     # for spotting sequential reads
+        self._prefetcher: ThreadPoolExecutor | None = None
         raw = source.read(self.base, HEADER_SIZE)
         if len(raw) < HEADER_SIZE:
             raise DumpError(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
@@ -423,6 +426,7 @@ class S390Dump:
     def _read_entries(self, segment: Segment, offset: int, length: int) -> bytes:
         unit = self.hdr.zlib_entry_size
         parts = []
+        index = offset // unit
         while length > 0:
             index, inner = divmod(offset, unit)
             entry = self._entry(segment, index)
@@ -430,7 +434,28 @@ class S390Dump:
             parts.append(part)
             offset += len(part)
             length -= len(part)
+        self._read_ahead(segment, index)
         return b"".join(parts)
+
+    def _read_ahead(self, segment: Segment, index: int) -> None:
+        """On sequential reads, decode the next entry in the background while this one is
+        delivered, so that the next request finds it decoded (and is served without a
+        worker thread)."""
+        sequential = self._last_entry in ((segment.number, index - 1), (segment.number, index))
+        self._last_entry = (segment.number, index)
+        following = (segment.number, index + 1)
+        if not sequential or index + 1 >= len(segment.entries) or following in self._decoding \
+                or self.cache.get(following) is not None:
+            return
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s390-zlib")
+        self._prefetcher.submit(self._entry_if_possible, segment, index + 1)
+
+    def _entry_if_possible(self, segment: Segment, index: int) -> None:
+        try:
+            self._entry(segment, index)
+        except MemoryUnavailable:
+            pass        # the reader asking for it later gets the error
 
     def _entry(self, segment: Segment, index: int) -> bytes:
         """One decoded entry, decoded once: a request for an entry another thread is decoding

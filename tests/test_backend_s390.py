@@ -441,7 +441,9 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    assert decoded == [(1, 0)]
+    assert decoded.count((1, 0)) == 1, decoded
+    assert set(decoded) <= {(1, 0), (1, 1)}, decoded     # (1, 1): read ahead, once at most
+    assert len(decoded) == len(set(decoded)), decoded
     v1 = open_dump(str(images["v1"][0]))
     assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(6))
     v1.close()
