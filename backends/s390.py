@@ -434,15 +434,16 @@ class S390Dump:
             parts.append(part)
             offset += len(part)
             length -= len(part)
-        self._read_ahead(segment, index)
+        if offset % unit == 0:          # read to the end of an entry
+            self._read_ahead(segment, index)
         return b"".join(parts)
 
     def _read_ahead(self, segment: Segment, index: int) -> None:
-        """On sequential reads, decode the next entry in the background while this one is
-        delivered, so that the next request finds it decoded (and is served without a
-        worker thread)."""
-        sequential = self._last_entry in ((segment.number, index - 1), (segment.number, index))
-        self._last_entry = (segment.number, index)
+        """After a sequential read to the end of an entry, decode the next entry in the
+        background while this one is delivered, so that the next request finds it decoded
+        (and is served without a worker thread)."""
+        previous, self._last_entry = self._last_entry, (segment.number, index)
+        sequential = previous in ((segment.number, index - 1), (segment.number, index))
         following = (segment.number, index + 1)
         if not sequential or index + 1 >= len(segment.entries) or following in self._decoding \
                 or self.cache.get(following) is not None:
