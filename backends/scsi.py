@@ -6,6 +6,10 @@ says where the dump partition starts (`part_start`) and where in it the dump
 is (`dump_offset`, `dump_size`).  The dump itself is the ELF core zfcpdump
 copied from /proc/vmcore: read by the ELF backend through a window.
 
+The dump partition device alone (/dev/sda1) holds no pointer to the
+superblock; sysfs names its disk and start, and when the disk's superblock
+describes a partition starting there, the partition opens as the disk does.
+
 zfcpdump writes `zfcpdump busy` at the partition start first, the ELF
 header last, and then the superblock checksum (CKSM with seed 0x12345678
 over `csum_size` bytes at part_start + csum_offset).
@@ -19,7 +23,9 @@ from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from dumpfs.backends import elf
 from dumpfs.model import Dump, DumpError
-from dumpfs.source import Source, WindowSource
+from dumpfs.source import FileSource, Source, WindowSource
+
+from .sysblock import parent_disk
 
 NAME = "scsi"
 
@@ -87,35 +93,73 @@ def _boot_info(source: Source):
 
 
 def detect(source: Source) -> bool:
-    """A whole SCSI dump disk (zipl MBR with a SCSI dump record) or an interrupted dump partition."""
-    return _boot_info(source) is not None or source.read(0, len(BUSY)) == BUSY
+    """A whole SCSI dump disk (zipl MBR with a SCSI dump record), an interrupted dump
+    partition, or the dump partition device of a SCSI dump disk that sysfs names."""
+    return _boot_info(source) is not None or source.read(0, len(BUSY)) == BUSY or \
+        _superblock_of_partition(source) is not None
 
 
 def open(source: Source) -> Dump:
+    sb = _superblock_of_partition(source)
+    if sb is not None:                      # the partition device itself: the dump is at part byte 0
+        return _open_partition(source, 0, sb, source.name)
     name = source.name
     info = _boot_info(source)
     if info is None:
         raise DumpError(f"{name}: zfcpdump was interrupted: the partition starts with "
                         f"'zfcpdump busy', the ELF header is written last")
-    raw = source.read(info.block, Superblock.sizeof())
+    sb = _superblock(source, info)
+    return _open_partition(source, sb.part_start, sb, f"{name}[partition at {sb.part_start:#x}]")
+
+
+def _superblock(disk: Source, info):
+    """The whole disk's SCSI dump superblock that `info` points to, checked for sanity."""
+    raw = disk.read(info.block, Superblock.sizeof())
     if len(raw) < Superblock.sizeof():
-        raise DumpError(f"{name}: truncated: the SCSI dump superblock at {info.block:#x} "
-                        f"is past the end of the disk ({source.size:#x})")
+        raise DumpError(f"{disk.name}: truncated: the SCSI dump superblock at {info.block:#x} "
+                        f"is past the end of the disk ({disk.size:#x})")
     sb = Superblock.parse(raw)
-    where = f"{name}: SCSI dump superblock at {info.block:#x}"
+    where = f"{disk.name}: SCSI dump superblock at {info.block:#x}"
     if sb.magic != SB_MAGIC:
         raise DumpError(f"{where}: wrong magic {sb.magic.hex(' ')} (expected ZFCPDUMP)")
-    if sb.part_start + sb.part_size > source.size or sb.part_size == 0 or \
+    if sb.part_start + sb.part_size > disk.size or sb.part_size == 0 or \
             sb.dump_offset + sb.dump_size > sb.part_size or sb.csum_size > MAX_CSUM_SIZE:
         raise DumpError(f"{where}: absurd layout: partition {sb.part_start:#x}+{sb.part_size:#x}, "
                         f"dump {sb.dump_offset:#x}+{sb.dump_size:#x}, checksummed {sb.csum_size:#x} "
-                        f"bytes, disk of {source.size:#x} bytes")
+                        f"bytes, disk of {disk.size:#x} bytes")
+    return sb
+
+
+def _superblock_of_partition(source: Source):
+    """The superblock of the SCSI dump disk whose dump partition `source` is (a partition
+    device such as /dev/sda1, its disk found through sysfs), or None."""
+    parent = parent_disk(source)            # None unless a partition block device
+    if parent is None:
+        return None
+    path, start = parent
+    try:
+        disk = FileSource(path)
+    except DumpError:
+        return None
+    try:
+        info = _boot_info(disk)
+        sb = _superblock(disk, info) if info is not None else None
+    except DumpError:                       # the disk's damage is said when the disk is opened
+        return None
+    finally:
+        disk.close()
+    return sb if sb is not None and sb.part_start == start else None
+
+
+def _open_partition(source: Source, base: int, sb, label: str) -> Dump:
+    """The dump in the dump partition at byte `base` of `source` (the disk, or the partition: 0)."""
+    name = source.name
     problems = []
-    csum = cksm(source.read(sb.part_start + sb.csum_offset, sb.csum_size), CSUM_SEED)
+    csum = cksm(source.read(base + sb.csum_offset, sb.csum_size), CSUM_SEED)
     if csum != sb.csum:
         problems.append(f"superblock checksum {sb.csum:#010x} does not match the partition "
                         f"start ({csum:#010x}): the dump was changed or not finished")
-    start = sb.part_start + sb.dump_offset
+    start = base + sb.dump_offset
     head = source.read(start, 64)
     layout = f"SCSI dump disk, partition at {sb.part_start:#x} ({sb.part_size >> 20} MiB)"
     if head.startswith(BUSY):
@@ -124,8 +168,7 @@ def open(source: Source) -> Dump:
     if not head.startswith(b"\x7fELF"):
         state = "holds zeros" if not any(head) else f"starts with {head[:8].hex(' ')}"
         raise DumpError(f"no dump on {name}: {layout}; the dump area {state}")
-    window = WindowSource(source, start, sb.dump_size, f"{name}[partition at {sb.part_start:#x}]")
-    dump = elf.open(window)
+    dump = elf.open(WindowSource(source, start, sb.dump_size, label))
     dump.meta.writer = "zfcpdump"
     dump.meta.details.update({"layout": layout, "superblock version": sb.version,
                               "dump area": f"{sb.dump_size >> 20} MiB at partition offset "

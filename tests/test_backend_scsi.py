@@ -9,8 +9,11 @@ qemu-user, so NGDump is checked against the fixture only.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -23,6 +26,7 @@ from writers import lkcd as wl
 from writers import ngdump as wng
 from writers import s390 as ws
 from writers import scsi as wsc
+from writers import loop
 from writers.loop import loop_device
 from writers.tools import differing_pages, oracle, oracle_info
 
@@ -141,6 +145,89 @@ def test_busy_partition_alone(tmp_path):
     path.write_bytes(b"zfcpdump busy\0".ljust(1 << 20, b"\0"))
     with pytest.raises(DumpError, match="zfcpdump was interrupted"):
         open_dump(str(path))
+
+
+@contextlib.contextmanager
+def _partitioned(path, facts):
+    """(/dev/loopN, /dev/loopNp1): the disk image on a loop device, its dump partition added
+    with addpart (BLKPG: this kernel parses no partition tables); deleted and detached after."""
+    with loop.loops() as attach:
+        disk = attach(path, block_size=512, partscan=True)
+        partition = f"{disk}p1"
+        added = not os.path.exists(partition)       # a kernel that reads the MSDOS table made it
+        if added:
+            subprocess.run(["addpart", disk, "1", str(facts["part_start"] // 512),
+                            str(facts["part_size"] // 512)], check=True, capture_output=True)
+        try:
+            assert os.path.exists(partition)
+            yield disk, partition
+        finally:
+            if added:
+                subprocess.run(["delpart", disk, "1"], capture_output=True)
+
+
+def test_dump_partition_device_opens_through_its_disk(disk, elf):
+    """/dev/loopNp1 alone: its disk (sysfs) has the superblock, so it opens as the disk does."""
+    path, facts = disk
+    with _partitioned(path, facts) as (whole, partition):
+        from_disk, from_partition = open_dump(whole), open_dump(partition)
+        try:
+            assert (from_partition.meta.format, from_partition.meta.writer) == ("elf", "zfcpdump")
+            assert from_partition.meta == from_disk.meta
+            assert from_partition.meta.complete and from_partition.meta.details["layout"] == \
+                f"SCSI dump disk, partition at {facts['part_start']:#x} (65 MiB)"
+            _same(from_partition, elf)
+        finally:
+            from_disk.close()
+            from_partition.close()
+        done = run_dumpfs("info", partition)
+        assert done.returncode == 0, done.stderr
+        assert "zfcpdump" in done.stdout and "SCSI dump disk, partition at" in done.stdout, done.stdout
+
+
+def test_dump_partition_device_with_a_bad_checksum_says_so(disk, tmp_path):
+    path, facts = disk
+    copy = tmp_path / "csum.img"
+    shutil.copyfile(path, copy)
+    with open(copy, "r+b") as f:
+        f.seek(facts["superblock"] + 0x40)
+        f.write(struct.pack(">Q", 0x1234))
+    with _partitioned(copy, facts) as (_, partition):
+        dump = open_dump(partition)
+        assert dump.meta.writer == "zfcpdump" and not dump.meta.complete
+        assert dump.meta.problems[0].startswith("superblock checksum 0x00001234 does not match")
+        dump.close()
+
+
+def test_partition_of_a_disk_without_zipl_record_stays_plain_elf(disk, elf, tmp_path):
+    path, facts = disk
+    copy = tmp_path / "nozipl.img"
+    shutil.copyfile(path, copy)
+    with open(copy, "r+b") as f:
+        f.write(b"\0" * 4)                      # no zIPL MBR: not a SCSI dump disk any more
+    with _partitioned(copy, facts) as (_, partition):
+        dump = open_dump(partition)
+        assert dump.meta.format == "elf" and dump.meta.writer != "zfcpdump", dump.meta
+        assert "layout" not in dump.meta.details
+        _same(dump, elf)
+        dump.close()
+
+
+def test_partition_start_must_match_the_superblock(disk, monkeypatch):
+    """The parent lookup with a stand-in for sysfs: the image file as 'disk', a start."""
+    from dumpfs.backends import scsi
+    from dumpfs.source import FileSource
+    path, facts = disk
+    source = FileSource(str(path))
+    try:
+        monkeypatch.setattr(scsi, "parent_disk", lambda s: (str(path), facts["part_start"]))
+        assert scsi._superblock_of_partition(source).part_start == facts["part_start"]
+        monkeypatch.setattr(scsi, "parent_disk", lambda s: (str(path), facts["part_start"] + 512))
+        assert scsi._superblock_of_partition(source) is None
+        monkeypatch.setattr(scsi, "parent_disk", lambda s: ("/nonexistent/disk", facts["part_start"]))
+        assert scsi._superblock_of_partition(source) is None
+    finally:
+        source.close()
 
 
 # -- NGDump ----------------------------------------------------------------------------------
