@@ -25,7 +25,7 @@ from dumpfs.views.vmcore import build_vmcore
 from writers import images as wi
 from writers import s390 as w
 from writers.loop import loop_device
-from writers.tools import differing_pages, oracle, oracle_info
+from writers.tools import assert_oracle_converts_to, differing_pages, oracle, oracle_info
 
 FOLDERS = ["s390x-custom", "s390x-debian"]
 BLOCK = 16 << 20
@@ -191,14 +191,7 @@ def _oracle_matches(device_or_file, dump, tmp_path, fmt):
     if fmt == "s390_ext":
         zero = [(int(a, 16), int(b, 16) + 1) for a, b, _, z in info["map"] if z]
         assert zero == [(c.start, c.end) for c in dump.memory if c.state is PageState.ZERO]
-    out = tmp_path / "oracle.elf"
-    with open(out, "wb") as f:
-        assert oracle("-f", "elf", device_or_file, stdout=f).returncode == 0
-    theirs = open_dump(str(out))
-    assert differing_pages(theirs.read_physical, dump.read_physical, SMALL) == set()
-    for number, cpu in dump.cpus.items():
-        assert theirs.cpus[number].registers == cpu.registers
-    theirs.close()
+    assert_oracle_converts_to(device_or_file, dump, SMALL, tmp_path / "oracle.elf")
 
 
 def test_oracle_reads_written_plain(images, tmp_path):

@@ -44,3 +44,20 @@ def write_file(path, extent_file) -> None:
     with open(path, "wb") as f:
         for offset in range(0, extent_file.size, BLOCK):
             f.write(extent_file.read(offset, BLOCK))
+
+
+def assert_oracle_converts_to(source, dump, size: int, out, *, ignore=()) -> None:
+    """`zgetdump -f elf SOURCE` holds `dump`'s first `size` bytes of memory and its registers
+    (but those named in `ignore`)."""
+    from dumpfs.backends import open_dump
+    with open(out, "wb") as f:
+        done = oracle("-f", "elf", source, stdout=f)
+    assert done.returncode == 0, done.stderr.decode()
+    theirs = open_dump(str(out))
+    try:
+        assert differing_pages(theirs.read_physical, dump.read_physical, size) == set()
+        for number, cpu in dump.cpus.items():
+            kept = {k: v for k, v in cpu.registers.items() if k not in ignore}
+            assert {k: v for k, v in theirs.cpus[number].registers.items() if k not in ignore} == kept
+    finally:
+        theirs.close()
