@@ -17,7 +17,11 @@ fi
 $SUDO .venv/bin/dumpfs mount -o allow_other "$dump" "$mnt"
 
 echo "== $dump mounted on $mnt"
-find "$mnt" -maxdepth 3 | sort | head -20
+find "$mnt" -maxdepth 2 -not -path "$mnt/proc/*" | sort
+echo "== $mnt/proc: $(ls "$mnt/proc" | wc -l) processes (user pages of this -d 31 dump are excluded)"
+ls "$mnt/proc" | sort -n | tr '\n' ' ' | fold -s -w 100; echo
 echo "== $mnt/info"
 cat "$mnt/info"
+echo "== the end of $mnt/kernel/log"
+tail -n 3 "$mnt/kernel/log"
 echo "== unmount with: ${SUDO:+sudo }$PWD/.venv/bin/dumpfs umount $mnt"
