@@ -129,29 +129,36 @@ def _u(raw: bytes, offset: int, size: int) -> int:
     return int.from_bytes(raw[offset:offset + size], "big")
 
 
-def registers_first(fir: bytes) -> dict[str, int]:
-    """struct vmd_fir_64 (the dumping CPU) -> dumpfs register names."""
-    regs = {"psw_mask": _u(fir, 0xC0, 8), "psw_addr": _u(fir, 0xC8, 8)}
-    regs.update((f"r{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x010)))
-    regs.update((f"a{i}", v) for i, v in enumerate(struct.unpack_from(">16I", fir, 0x230)))
-    regs.update((f"c{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x0D0)))
-    regs.update(prefix=_u(fir, 0x090, 4), cpu_timer=_u(fir, 0x0A9, 8),
-                clock_comparator=_u(fir, 0x1D1, 8),     # 8 bytes at 0x1D1, as zgetdump
-                todpreg=_u(fir, 0x1DC, 4), fpc=_u(fir, 0x3C8, 4))
-    regs.update((f"f{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x150)))
-    return {name: regs[name] for name in s390x.REGISTER_ORDER if name in regs}
+# Where each register sits in struct vmd_fir_64 (the dumping CPU) and in
+# struct vmd_fir_other_64 (every other CPU): (offset, size) for single
+# registers, offset of the 16-entry array for gprs, acrs, ctrs and fprs.
+FIR_FIRST = {
+    "psw_mask": (0xC0, 8), "psw_addr": (0xC8, 8), "prefix": (0x090, 4),
+    "cpu_timer": (0x0A9, 8),
+    "clock_comparator": (0x1D1, 8),             # 8 bytes at 0x1D1, as zgetdump
+    "todpreg": (0x1DC, 4), "fpc": (0x3C8, 4),
+    "gprs": 0x010, "acrs": 0x230, "ctrs": 0x0D0, "fprs": 0x150,
+}
+FIR_OTHER = {
+    "psw_mask": (0x110, 8), "psw_addr": (0x118, 8), "prefix": (0x128, 4), "fpc": (0x12C, 4),
+    "todpreg": (0x134, 4),                      # "tod": the TOD programmable register
+    "cpu_timer": (0x138, 8), "clock_comparator": (0x140, 8),
+    "gprs": 0x090, "acrs": 0x150, "ctrs": 0x190, "fprs": 0x010,
+}
+REGISTER_ARRAYS = {"gprs": ("r", ">16Q"), "acrs": ("a", ">16I"), "ctrs": ("c", ">16Q"),
+                   "fprs": ("f", ">16Q")}
 
 
-def registers_other(fir: bytes) -> dict[str, int]:
-    """struct vmd_fir_other_64 (every other CPU) -> dumpfs register names."""
-    regs = {"psw_mask": _u(fir, 0x110, 8), "psw_addr": _u(fir, 0x118, 8)}
-    regs.update((f"r{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x090)))
-    regs.update((f"a{i}", v) for i, v in enumerate(struct.unpack_from(">16I", fir, 0x150)))
-    regs.update((f"c{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x190)))
-    regs.update(prefix=_u(fir, 0x128, 4), fpc=_u(fir, 0x12C, 4),
-                todpreg=_u(fir, 0x134, 4),              # "tod": the TOD programmable register
-                cpu_timer=_u(fir, 0x138, 8), clock_comparator=_u(fir, 0x140, 8))
-    regs.update((f"f{i}", v) for i, v in enumerate(struct.unpack_from(">16Q", fir, 0x010)))
+def registers_from_fir(fir: bytes, layout: dict) -> dict[str, int]:
+    """One FIR record -> dumpfs register names, in the s390x order."""
+    regs = {}
+    for name, where in layout.items():
+        if name in REGISTER_ARRAYS:
+            prefix, fmt = REGISTER_ARRAYS[name]
+            regs.update((f"{prefix}{i}", v) for i, v in enumerate(struct.unpack_from(fmt, fir, where)))
+        else:
+            offset, size = where
+            regs[name] = _u(fir, offset, size)
     return {name: regs[name] for name in s390x.REGISTER_ORDER if name in regs}
 
 
@@ -251,9 +258,9 @@ class VmDump:
         if online + 1 > MAX_CPUS:
             raise DumpError(f"{name}: FIR says {online + 1} CPUs, more than {MAX_CPUS}")
         others = source.read(fir_offset + FIR_SIZE, online * FIR_OTHER_SIZE)
-        registers = [registers_first(fir)]
+        registers = [registers_from_fir(fir, FIR_FIRST)]
         for i in range(len(others) // FIR_OTHER_SIZE):
-            registers.append(registers_other(others[i * FIR_OTHER_SIZE:(i + 1) * FIR_OTHER_SIZE]))
+            registers.append(registers_from_fir(others[i * FIR_OTHER_SIZE:(i + 1) * FIR_OTHER_SIZE], FIR_OTHER))
         if len(registers) < online + 1:
             self.problems.append(f"FIR records of CPUs {len(registers)}-{online} are cut off")
         self.registers = registers
