@@ -124,7 +124,7 @@ def main() -> int:
                 continue
             r = row[key]
             if "error" in drgn:
-                tail = f"| – | – | – | – | – |"
+                tail = "| – | – | – | – | – |"
             else:
                 tail = (f"| {drgn['load']:.2f} | {drgn['list']:.3f} | {drgn['heap']:.3f} "
                         f"| {r['list'] / drgn['list']:.1f}× | {r['heap'] / drgn['heap']:.1f}× |")
