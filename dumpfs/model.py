@@ -17,19 +17,7 @@ from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
-
-
-class DumpError(Exception):
-    """A dump cannot be opened or is not what it claims; the message names the problem."""
-
-
-class MemoryUnavailable(Exception):
-    """A physical range cannot be read: a hole, an excluded page, or corrupt data."""
-
-    def __init__(self, address: int, reason: str):
-        super().__init__(f"physical address {address:#x}: {reason}")
-        self.address = address
-        self.reason = reason
+from dumpfs.errors import DumpError, MemoryUnavailable  # noqa: F401  (until every import names dumpfs.errors)
 
 
 class WouldBlock(Exception):
