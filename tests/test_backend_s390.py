@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
+import time
 
 import pytest
 
 import fixturecache as fc
 from dumpfs.arch import s390x
 from dumpfs.backends import open_dump
+from dumpfs.backends import s390 as backend
 from dumpfs.model import DumpError, MemoryUnavailable, PageState
 from dumpfs.views import build_tree
 from dumpfs.views.dump_s390 import build_dump_s390
@@ -408,20 +411,43 @@ def test_corrupt_zlib_entry_is_unavailable_alone(tmp_path):
     assert dump.read_physical(start + MIB, 4096) == _pattern(start + MIB, 4096)
 
 
+class DecodesInFlight(dict):
+    """A stand-in for S390Dump._decoding that counts the lookups finding entry (1, 0) being
+    decoded: each such reader is bound to wait for that decode instead of decoding again."""
+
+    def __init__(self):
+        super().__init__()
+        self.joined = threading.Semaphore(0)
+
+    def get(self, key, default=None):
+        event = super().get(key, default)
+        if event is not None and key == (1, 0):
+            self.joined.release()
+        return event
+
+
 def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     """FUSE readahead sends neighbouring requests in parallel: one decode serves them all."""
-    import threading
-    import time
-    from dumpfs.backends import s390 as backend
-
+    readers = 6
     decoded = []
-    original = backend.S390Dump._decode_entry
+    in_flight = DecodesInFlight()
+    original_init, original = backend.S390Dump.__init__, backend.S390Dump._decode_entry
 
-    def slow_decode(self, segment, index, key):
+    def watched_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._decoding = in_flight
+
+    def held_decode(self, segment, index, key):
         decoded.append(key)
-        time.sleep(0.05)
+        if key == (1, 0):
+            # the decode lasts until every other reader has found it in flight (or 30 s passed:
+            # a reader that decodes again instead shows in `decoded`, never as a hang)
+            deadline = time.monotonic() + 30
+            for _ in range(readers - 1):
+                in_flight.joined.acquire(timeout=max(0, deadline - time.monotonic()))
         return original(self, segment, index, key)
-    monkeypatch.setattr(backend.S390Dump, "_decode_entry", slow_decode)
+    monkeypatch.setattr(backend.S390Dump, "__init__", watched_init)
+    monkeypatch.setattr(backend.S390Dump, "_decode_entry", held_decode)
     path, image = images["v2"]
     dump = open_dump(str(path))
     start = image.segments[1][0]
@@ -429,7 +455,7 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     decoded.clear()
     results = []
     threads = [threading.Thread(target=lambda k=k: results.append(dump.read_physical(start + k * 4096, 4096)))
-               for k in range(6)]
+               for k in range(readers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -438,6 +464,6 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     assert set(decoded) <= {(1, 0), (1, 1)}, decoded     # (1, 1): read ahead, once at most
     assert len(decoded) == len(set(decoded)), decoded
     v1 = open_dump(str(images["v1"][0]))
-    assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(6))
+    assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(readers))
     v1.close()
     dump.close()
