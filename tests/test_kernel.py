@@ -13,7 +13,6 @@ import pytest
 
 import fixturecache as fc
 from conftest import time_limit
-from dumpfs.arch import x86_64
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import KernelUnavailable, kernel_context
 from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
@@ -22,9 +21,9 @@ from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, 
 from dumpfs.kernel.translate import (IdentitySpace, KernelMemory, TableCache, TranslationError,
                                      kernel_memory, user_address_space)
 from dumpfs.kernel.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
-from dumpfs.model import (Cpu, Dump, DumpMeta, Memory, MemoryChunk, MemoryUnavailable, Note,
-                          PageState, VmcoreInfo)
+from dumpfs.model import Dump, MemoryUnavailable
 from dumpfs.views import build_tree
+from synthetic import synthetic_dump, x86_64_prstatus
 
 FULL_DUMPS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
               ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz")]
@@ -233,12 +232,7 @@ def test_synthetic_x86_64_page_tables_large_pages_and_5_levels():
     # 5-level: PML5 0x7000 -> P4D 0x1000 (the 4-level PGD) at index 511
     table(0x7000, {511: 0x1003})
 
-    def read(offset, length):
-        page = offset & ~0xFFF
-        return pages.get(page, bytes(4096))[offset - page:offset - page + length]
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, 0x8000, PageState.PRESENT, read)]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(memory={0: b"".join(pages.get(page, bytes(4096)) for page in range(0, 0x8000, 0x1000))})
     cache = TableCache(dump, capacity=2)
     base4 = 0xFFFFFF8000000000      # PGD index 511
     four = X86_64Paging(cache, 0x1000, 4)
@@ -305,9 +299,7 @@ def test_system_map_and_vmlinux_plus_kerneloffset_equal_kallsyms(folder):
 
 
 def test_symbols_without_kernel_memory_say_why():
-    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
-                meta=DumpMeta(format="synthetic"),
-                vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0\nSYMBOL(_stext)=ffffffff81000000\n"))
+    dump = synthetic_dump(vmcoreinfo=b"OSRELEASE=6.1.0\nSYMBOL(_stext)=ffffffff81000000\n")
     table = kernel_symbols(dump, None)
     assert table.address("_stext") == 0xFFFFFFFF81000000
     assert any("kallsyms" in p for p in table.problems)
@@ -357,13 +349,8 @@ def hostile_dump(count_bits: int, head_id: int, tail_id: int, descs: int, infos:
         struct.pack_into("<QQH", image, i, seq, 1000 * (index + 1), len(text))
         struct.pack_into("<Q", image, data - START_KERNEL_MAP + where, state_var & ((1 << 62) - 1))
         image[data - START_KERNEL_MAP + where + 8:data - START_KERNEL_MAP + where + 8 + len(text)] = text
-    raw = bytes(image)
-    chunk = MemoryChunk(0, len(raw), PageState.PRESENT, lambda off, n: raw[off:off + n])
-    prstatus = bytearray(336)
-    notes = [Note("CORE", 1, bytes(prstatus))]
-    return Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([chunk]),
-                cpus={0: Cpu(0, x86_64.decode_registers(notes), notes)},
-                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(printk_vmcoreinfo()))
+    return synthetic_dump(memory={0: bytes(image)}, cpus={0: [x86_64_prstatus()]},
+                          vmcoreinfo=printk_vmcoreinfo())
 
 
 DESCS, INFOS, DATA = (START_KERNEL_MAP + 0x10000, START_KERNEL_MAP + 0x20000,
@@ -414,8 +401,7 @@ def test_hostile_printk_is_bounded(case):
 
 
 def test_kernel_files_fail_with_eio_and_say_why():
-    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
-                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0-x\n"))
+    dump = synthetic_dump(vmcoreinfo=b"OSRELEASE=6.1.0-x\n")
     tree = build_tree(dump)
     with pytest.raises(OSError) as info:
         tree.walk("kernel/log").read(0, 100)
@@ -431,10 +417,7 @@ def test_kernel_files_fail_with_eio_and_say_why():
 def test_identity_space_and_kernel_memory_cstring_across_pages():
     data = bytearray(0x3000)
     data[0xFFA:0x1005] = b"hello world"
-    raw = bytes(data)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, 0x2000, PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(memory={0: bytes(data[:0x2000])})
     kmem = KernelMemory(dump, IdentitySpace())
     assert kmem.read_cstring(0xFFA, 100) == b"hello world"
     assert kmem.read_cstring(0xFFA, 5) == b"hello"
@@ -461,10 +444,7 @@ def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
     for i in range(256):
         struct.pack_into(">Q", tables, 0x10000 + i * 8, 0x400)   # PTEs invalid
     struct.pack_into(">Q", tables, 0x10000 + 5 * 8, 0x7000)      # page 5 -> 0x7000
-    raw = bytes(tables)
-    dump = Dump(arch=s390x.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(arch=s390x.ARCH, memory={0: bytes(tables)})
     space = DatSpace.from_asce(TableCache(dump), 0x4000 | 0x04 | 0x03)
     assert space.translate(0x5123) == (0x7123, 0x1000 - 0x123)
     assert space.translate(0x100000 + 0x54321)[0] == 0x354321
@@ -496,10 +476,7 @@ def test_pre_5_10_log_buf_records():
             "SYMBOL(log_next_idx)=110\nSIZE(printk_log)=16\nOFFSET(printk_log.ts_nsec)=0\n"
             "OFFSET(printk_log.len)=8\nOFFSET(printk_log.text_len)=10\n"
             "OFFSET(printk_log.dict_len)=12\n")
-    raw = bytes(memory)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    dump = synthetic_dump(memory={0: bytes(memory)}, vmcoreinfo=info.encode())
     with time_limit(10):
         log = read_kernel_log(dump, KernelMemory(dump, IdentitySpace()))
     assert log.text() == (b"[    0.001000] hello\n[    2.500000] two\n[    2.500000] lines\n")
@@ -515,10 +492,7 @@ def test_hostile_kallsyms_is_bounded(num_syms):
     info = ("SYMBOL(kallsyms_num_syms)=1000\nSYMBOL(kallsyms_names)=2000\n"
             "SYMBOL(kallsyms_token_table)=f0000\nSYMBOL(kallsyms_token_index)=f8000\n"
             "SYMBOL(kallsyms_offsets)=0\nSYMBOL(kallsyms_relative_base)=1008\n")
-    raw = bytes(memory)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    dump = synthetic_dump(memory={0: bytes(memory)}, vmcoreinfo=info.encode())
     with time_limit(30):
         with pytest.raises(SymbolError):
             from_kallsyms(KernelMemory(dump, IdentitySpace()), dump.vmcoreinfo)

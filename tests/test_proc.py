@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import replace
 from functools import lru_cache
 
 import pytest
@@ -20,6 +19,7 @@ from conftest import time_limit
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import kernel_context
 from dumpfs.model import Dump
+from synthetic import patched_dump
 
 VMLINUX = "vmlinux-6.1.192-dumpfs.xz"
 BTF_DUMPS = [("x86_64-debian", "qemu-elf.vmcore.xz"), ("x86_64-custom", "qemu-elf.vmcore.xz"),
@@ -258,33 +258,6 @@ def test_a_vmlinux_of_another_kernel_is_refused():
 # Hostile memory: patched copies of a real dump
 # ---------------------------------------------------------------------------
 
-class PatchedMemory:
-    """A dump's memory with some bytes overwritten (physical address -> bytes)."""
-
-    def __init__(self, memory, patches: dict[int, bytes]):
-        self.memory = memory
-        self.patches = patches
-        self.chunks = memory.chunks
-        self.end = memory.end
-
-    def __iter__(self):
-        return iter(self.chunks)
-
-    def size_in(self, *states):
-        return self.memory.size_in(*states)
-
-    def chunk_at(self, address):
-        return self.memory.chunk_at(address)
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        data = bytearray(self.memory.read_physical(address, size))
-        for where, value in self.patches.items():
-            lo, hi = max(where, address), min(where + len(value), address + size)
-            if lo < hi:
-                data[lo - address:hi - address] = value[lo - where:hi - where]
-        return bytes(data)
-
-
 @lru_cache(maxsize=None)
 def original():
     dump = open_dump(str(fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")))
@@ -298,8 +271,7 @@ def patched(pointer_patches: dict[int, int]) -> Dump:
     dump, context, _ = original()
     kmem = context.memory
     patches = {kmem.translate(v): value.to_bytes(8, "little") for v, value in pointer_patches.items()}
-    return replace(dump, memory=PatchedMemory(dump.memory, patches),
-                   meta=replace(dump.meta, problems=[], details={}))
+    return patched_dump(dump, patches)
 
 
 def offset(struct, member):
