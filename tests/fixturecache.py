@@ -55,6 +55,15 @@ def all_dumps() -> list[tuple[str, dict]]:
     return [(folder, d) for folder in folders() for d in dumps(folder)]
 
 
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def unpacked(folder: str, name: str) -> Path:
     """The decompressed file for fixtures/<folder>/<name> (name may end in .xz)."""
     src = FIXTURES / folder / name
@@ -74,14 +83,9 @@ def unpacked(folder: str, name: str) -> Path:
     if size is not None and tmp.stat().st_size != size:
         tmp.unlink()
         raise RuntimeError(f"{src}: unpacked to {tmp.stat().st_size} bytes, truth says {size}")
-    if record.get("raw_sha256"):
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        if digest.hexdigest() != record["raw_sha256"]:
-            tmp.unlink()
-            raise RuntimeError(f"{src}: sha256 of the unpacked file differs from truth.json")
+    if record.get("raw_sha256") and sha256_of(tmp) != record["raw_sha256"]:
+        tmp.unlink()
+        raise RuntimeError(f"{src}: sha256 of the unpacked file differs from truth.json")
     os.replace(tmp, target)
     return target
 

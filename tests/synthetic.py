@@ -59,7 +59,7 @@ def patched_dump(dump: Dump, patches: Mapping[int, bytes]) -> Dump:
             continue
         underneath = chunk.read if chunk.state is PageState.PRESENT else _zeros
         chunks.append(MemoryChunk(chunk.start, chunk.size, PageState.PRESENT,
-                                  _overlay(underneath, chunk.start, overlapping)))
+                                  overlaid(underneath, overlapping, base=chunk.start)))
     return replace(dump, memory=Memory(chunks), meta=replace(dump.meta, problems=[], details={}))
 
 
@@ -71,8 +71,9 @@ def _zeros(offset: int, length: int) -> bytes:
     return bytes(length)
 
 
-def _overlay(read: ChunkReader, base: int, patches: Mapping[int, bytes]) -> ChunkReader:
-    """`read` of the chunk at physical `base`, with `patches` written over what it returns."""
+def overlaid(read: ChunkReader, patches: Mapping[int, bytes], base: int = 0) -> ChunkReader:
+    """`read(offset, length)` of the bytes at address `base` + offset, with `patches`
+    (address -> bytes; later ones win where they overlap) written over what it returns."""
     def read_patched(offset: int, length: int) -> bytes:
         data = bytearray(read(offset, length))
         address = base + offset
