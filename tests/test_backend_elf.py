@@ -169,7 +169,7 @@ def test_truncated_memory_is_reported_not_invented(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[:0x1000 + 8192])
     dump = open_dump(str(path))
-    assert not dump.meta.complete and "file ends" in dump.meta.problems[0]
+    assert not dump.meta.complete and "file ends" in str(dump.meta.problems[0])
     assert len(dump.read_physical(0, 8192)) == 8192
     with pytest.raises(MemoryUnavailable):
         dump.read_physical(8192, 4096)

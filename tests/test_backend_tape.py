@@ -117,7 +117,7 @@ def test_truncated_tape(images, reference, tmp_path, kind):
     cut.write_bytes(source.read_bytes()[:keep])
     dump = open_dump(str(cut))
     assert dump.meta.format == "s390tape" and not dump.meta.complete
-    assert any("truncated" in p or "missing" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("truncated" in p or "missing" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     assert dump.read_physical(0, 19 * 32768) == reference(0, 19 * 32768)
     with pytest.raises(MemoryUnavailable):
         dump.read_physical(30 * 32768, 4096)
