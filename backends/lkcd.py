@@ -115,7 +115,8 @@ class LkcdDump:
                 self.prefixes = list(asm.lc_vec[:asm.cpu_cnt])
                 self.real_cpu_cnt = asm.real_cpu_cnt
         if self.real_cpu_cnt is None:
-            self.problems.append(Problem("no s390 asm header: the dump has no CPU information", Severity.WARNING))
+            self.problems.append(Problem("no s390 asm header: the dump has no CPU information",
+                                         Severity.WARNING))
         pages = self.mem_end // PAGE
         self.full = (hdr.dump_compress == COMPRESS_NONE and
                      source.size == DATA_START + pages * (PAGE_HEADER.size + PAGE) + PAGE_HEADER.size)

@@ -300,8 +300,9 @@ class S390Dump:
             if size_on_disk:
                 unit = hdr.zlib_entry_size
                 if hdr.version != 2 or not unit:
-                    self.problems.append(Problem(f"{what}: compressed, but the header (version {hdr.version}, "
-                                                 f"zlib_entry_size {unit}) allows no compression"))
+                    self.problems.append(Problem(f"{what}: compressed, but the header (version "
+                                                 f"{hdr.version}, zlib_entry_size {unit}) allows no "
+                                                 f"compression"))
                     return None, False
                 if entry_count != -(-length // unit) or entry_count > ENTRY_MAX:
                     self.problems.append(Problem(f"{what}: entry_count {entry_count} does not fit "
@@ -322,7 +323,8 @@ class S390Dump:
             previous_end = max(previous_end, start + length)
             if stored < on_disk:
                 self.problems.append(Problem(f"{what}: memory {start:#x}-{start + length:#x} is cut off: "
-                                             f"{on_disk:#x} bytes of data, the source ends after {stored:#x}"))
+                                             f"{on_disk:#x} bytes of data, the source ends after "
+                                             f"{stored:#x}"))
                 return None, False
             offset = data + on_disk
             if stop_marker:
@@ -339,7 +341,8 @@ class S390Dump:
         source = self.end_source or self.source
         raw = source.read(offset, EndMarker.sizeof())
         if len(raw) < EndMarker.sizeof():
-            self.problems.append(Problem(f"no end marker at {offset:#x}: the source ends at {source.size:#x}"))
+            self.problems.append(Problem(f"no end marker at {offset:#x}: "
+                                         f"the source ends at {source.size:#x}"))
             return None
         marker = EndMarker.parse(raw)
         if marker.str != END_MARKER_MAGIC:
@@ -583,7 +586,8 @@ def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[P
             try:
                 vector = memory.read_physical(pointer, s390x.VECTOR_SAVE_AREA_SIZE)
             except MemoryUnavailable as e:
-                problems.append(Problem(f"CPU {number}: vector save area {pointer:#x} unreadable ({e.reason})"))
+                problems.append(Problem(f"CPU {number}: vector save area {pointer:#x} "
+                                        f"unreadable ({e.reason})"))
         registers = s390x.registers_from_save_area(save_area, vector)
         cpus[number] = Cpu(number, registers, s390x.notes_from_registers(registers, number))
     return cpus

@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
-from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity  # noqa: F401  (DumpError, MemoryUnavailable: until every import names dumpfs.errors)
+from dumpfs.errors import DumpError, MemoryUnavailable  # noqa: F401  (until every import names dumpfs.errors)
+from dumpfs.errors import Problem, Severity
 
 
 class WouldBlock(Exception):

@@ -13,7 +13,8 @@ import pytest
 
 import fixturecache as fc
 from dumpfs.backends import elf, flattened, kdump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.source import FileSource
 
 PAGE = 4096

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import run_dumpfs
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable, Severity
+from dumpfs.model import PageState
 from dumpfs.views.vmcore import build_vmcore
 from writers import images as wi
 from writers import lkcd as wl
@@ -102,6 +103,7 @@ def test_lkcd_without_asm_header_has_no_cpus(tmp_path):
     _write(path, with_asm=False)
     dump = open_dump(str(path))
     assert dump.cpus == {} and "no s390 asm header" in str(dump.meta.problems[0])
+    assert dump.meta.problems[0].severity is Severity.WARNING and dump.meta.complete
     assert dump.read_physical(0x1000, 8192) == ws.memory_with_status(_pattern, CPU)(0x1000, 8192)
 
 

@@ -18,7 +18,8 @@ import pytest
 import fixturecache as fc
 from dumpfs.arch import s390x
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.views import build_tree
 from dumpfs.views.dump_s390 import build_dump_s390
 from dumpfs.views.vmcore import build_vmcore
@@ -441,3 +442,20 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(6))
     v1.close()
     dump.close()
+
+
+def test_closing_the_dump_stops_its_read_ahead_thread(images):
+    """Sequential reads of a compressed segment start a read-ahead thread; closing the dump ends it."""
+    import threading
+
+    def read_ahead_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("s390-zlib")]
+    path, image = images["v2"]
+    dump = open_dump(str(path))
+    start, length = image.segments[1][:2]
+    assert length >= 3 * MIB
+    for k in range(3):                      # whole entries in order: the next one is decoded ahead
+        dump.read_physical(start + k * MIB, MIB)
+    assert read_ahead_threads()
+    dump.close()
+    assert not read_ahead_threads()

@@ -19,7 +19,8 @@ import pytest
 import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump, open_paths
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from writers.elfcore import ElfCore
 from writers.tools import assert_oracle_converts_to, differing_pages, oracle, oracle_info
 from writers import loop

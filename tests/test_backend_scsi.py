@@ -20,7 +20,7 @@ import pytest
 import fixturecache as fc
 from conftest import run_dumpfs
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError
+from dumpfs.errors import DumpError
 from writers import images as wi
 from writers import lkcd as wl
 from writers import ngdump as wng

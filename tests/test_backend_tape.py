@@ -15,7 +15,8 @@ import pytest
 import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.views.dump_s390 import build_dump_s390
 from writers.tools import assert_oracle_converts_to, differing_pages, oracle_info
 from writers import s390 as w

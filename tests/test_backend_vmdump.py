@@ -18,7 +18,8 @@ import fixturecache as fc
 from conftest import run_dumpfs
 from dumpfs.arch import s390x
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.views.vmcore import build_vmcore
 from writers import images as wi
 from writers import vmdump as wv
