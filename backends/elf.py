@@ -16,8 +16,6 @@ from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
 from dumpfs.source import Source
 
-NAME = "elf"
-
 MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
 
 

@@ -27,7 +27,6 @@ from dumpfs.errors import DamagedDump, Problem
 from dumpfs.model import Dump
 from dumpfs.source import Source
 
-NAME = "flattened"
 SIGNATURE = b"makedumpfile\0\0\0\0"
 TYPE_FLAT_HEADER = 1
 HEADER_BLOCK = 4096             # the makedumpfile_header is padded to this

@@ -27,7 +27,6 @@ from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageSt
                           may_wait)
 from dumpfs.source import Source
 
-NAME = "kdump"
 SIGNATURE = b"KDUMP   "
 
 NEWEST_HEADER_VERSION = 6       # the newest layout we know; newer ones are read as 6

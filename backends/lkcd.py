@@ -26,8 +26,6 @@ from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Uns
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
 
-NAME = "lkcd"
-
 MAGIC = 0xA8190173618F23ED
 ASM_MAGIC = 0x733339302D64756D      # "s390-dum"
 DATA_START = 0x10000

@@ -21,8 +21,6 @@ from dumpfs.errors import DamagedDump, MissingPart, NoDump, Problem, Unsupported
 from dumpfs.model import Dump
 from dumpfs.source import BytesSource, RunsSource, Source
 
-NAME = "ngdump"
-
 SUPERBLOCK = 1024
 EXT_MAGIC = 0xEF53                  # s_magic at superblock + 0x38, little-endian
 META = "ngdump.meta"

@@ -24,15 +24,13 @@ from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 from dumpfs.arch import s390x
 from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
-from dumpfs.errors import DamagedDump, DumpError, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
+from dumpfs.errors import DamagedDump, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
 from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
 
 from .devcheck import Report
 from .probe import Probe
 from .sysblock import block_size
-
-NAME = "s390"
 
 SEGMENT_HEADER_SIZE = 0x1000
 ENTRY_UNCOMPRESSED = 0x80000000        # entry_offset bit 31: stored raw

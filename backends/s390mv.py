@@ -40,8 +40,6 @@ from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390_EXT, DumpHeader
 from .devcheck import Report
 from .s390 import DUMPER_BLOCK, DumperTail, Layout, Segment, size_limit
 
-NAME = "s390mv"
-
 MIB = 1 << 20
 DUMPER_MAGIC = b"XMULT64"
 DUMPER_SIZES = {1: 0x3000, 2: 0x4000}    # by version byte (df_s390_dumper_read)

@@ -29,8 +29,6 @@ from dumpfs.source import Source, WindowSource
 from .devcheck import Report
 from .probe import Probe
 
-NAME = "scsi"
-
 ZIPL_MAGIC = b"zIPL"
 SB_MAGIC = b"ZFCPDUMP"
 BUSY = b"zfcpdump busy\0"

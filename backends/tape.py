@@ -41,8 +41,6 @@ from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390, MAGIC_S390_EXT, DumpHeader
 from .probe import Probe
 from .s390 import Layout
 
-NAME = "tape"
-
 TAPE_BLOCK = 32768                      # memory bytes per tape block
 TOOL_SIZE = 0x3000                      # the tape dump tool: one block, file 1
 TOOL_HEAD = struct.pack(">QQ", 0x0008000080002018,     # IPL PSW: entry 0x2018

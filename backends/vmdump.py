@@ -29,8 +29,6 @@ from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Unsupported
 from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
 
-NAME = "vmdump"
-
 RECORD = 4096
 PAGE = 4096
 GROUP_PAGES = 4096                 # guest pages per key page (16 MiB)
