@@ -10,8 +10,9 @@ happen while opening, never while detecting.
 A backend module has `detect(probe) -> bool` and `open(source) -> Dump`; an
 entry with `partitions` also has `open_partition(partition, disk, start) ->
 Dump | None`, for a partition device that its disk's layout names as the
-dump partition.  Backends know about bytes and the model, never about FUSE
-or views.
+dump partition; a dump tool's backend (s390mv, s390, scsi) has `check(source)`
+for `dumpfs check` (devcheck.py).  Backends know about bytes and the model,
+never about FUSE or views.
 """
 
 from __future__ import annotations
