@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from dumpfs.errors import DamagedDump, DumpError, MissingPart, NoDump
+from dumpfs.errors import DamagedDump, MissingPart, NoDump
 from dumpfs.model import WouldBlock, waiting_forbidden
 
 
@@ -45,7 +45,7 @@ class FileSource(Source):
         except FileNotFoundError:
             raise MissingPart(f"{path}: no such file or device") from None
         except OSError as e:
-            raise DumpError(f"{path}: {e.strerror}") from None
+            raise MissingPart(f"{path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise NoDump(f"{path}: is a directory, not a dump")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
@@ -53,7 +53,7 @@ class FileSource(Source):
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+            raise MissingPart(f"{path}: cannot open: {e.strerror}") from None
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
