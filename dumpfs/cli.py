@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from dumpfs.model import DumpError, MemoryUnavailable
+from dumpfs.errors import BadFile, DumpError, DumpfsError, MemoryUnavailable, Unavailable
 
 OK, BAD_INPUT, USAGE, MOUNT_FAILED, OUTPUT_FAILED, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
 
@@ -62,6 +62,14 @@ examples:
 """
 
 log = logging.getLogger("dumpfs")
+
+# The exit code of each kind of error in dumpfs.errors (README: 1 is bad input); the first
+# class an error is an instance of decides.
+ERROR_EXITS: tuple[tuple[type[DumpfsError], int], ...] = (
+    (DumpError, BAD_INPUT),         # no dump, a damaged dump, a missing part, an unsupported kind
+    (BadFile, BAD_INPUT),           # a vmlinux, System.map or BTF file that cannot be used
+    (Unavailable, BAD_INPUT),       # a piece of the dump cannot be read (convert, info)
+)
 
 
 class Failure(Exception):
@@ -487,12 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         _say(str(exc))
         return exc.code
-    except DumpError as exc:
-        _say(str(exc))
-        return BAD_INPUT
-    except MemoryUnavailable as exc:
-        _say(f"cannot read the dump: {exc}")
-        return BAD_INPUT
+    except DumpfsError as exc:
+        _say(f"cannot read the dump: {exc}" if isinstance(exc, Unavailable) else str(exc))
+        return next((code for kind, code in ERROR_EXITS if isinstance(exc, kind)), BAD_INPUT)
     except BrokenPipeError:
         # the reader went away (`dumpfs convert x - | head`): not worth a message
         try:

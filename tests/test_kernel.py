@@ -409,7 +409,7 @@ def test_kernel_files_fail_with_eio_and_say_why():
     assert read_file(tree, "kernel/release") == b"6.1.0-x\n"
     sources = read_file(tree, "kernel/sources").decode()
     assert "problem: kernel log:" in sources
-    assert any("kernel" in p for p in dump.meta.problems)
+    assert any("kernel" in p for p in map(str, dump.meta.problems))
     with pytest.raises(KernelUnavailable):
         kernel_context(dump).log
 

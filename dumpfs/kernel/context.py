@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+from dumpfs.errors import Severity
 from dumpfs.model import Dump, MemoryUnavailable
 
 
@@ -45,8 +46,7 @@ class KernelContext:
 
     def _problem(self, text: str) -> None:
         self.problems.append(text)
-        if text not in self.dump.meta.problems:
-            self.dump.meta.problems.append(text)
+        self.dump.meta.add_problem(text, Severity.WARNING)     # the dump's bytes are all served
 
     # -- parts ----------------------------------------------------------------
     @property

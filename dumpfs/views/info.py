@@ -31,7 +31,7 @@ def info_json(dump: Dump) -> dict:
         "page_size": dump.page_size,
         "dump_time": meta.dump_time.isoformat() if meta.dump_time else None,
         "complete": meta.complete,
-        "problems": list(meta.problems),
+        "problems": [str(problem) for problem in meta.problems],
         "kernel_release": meta.kernel_release,
         "utsname": dataclasses.asdict(uts) if uts else None,
         "dump_level": meta.dump_level,
@@ -82,8 +82,8 @@ def info_text(dump: Dump) -> str:
     rows += [(str(k), str(v)) for k, v in info["details"].items()]
     lines = ["General dump info:"]
     lines += [f"  {label.ljust(19, '.')}: {value}" for label, value in rows]
-    if info["problems"]:
-        lines += ["", "Problems:"] + [f"  {p}" for p in info["problems"]]
+    if dump.meta.problems:
+        lines += ["", "Problems:"] + [f"  {p.severity.name.lower()}: {p}" for p in dump.meta.problems]
     lines += ["", "Memory map:"]
     ranges = memory["ranges"]
     for start, end in ranges[:MAX_RANGES_IN_TEXT]:
