@@ -21,9 +21,10 @@ import bisect
 import struct
 
 from dumpfs.arch import s390x
+from dumpfs.errors import MemoryUnavailable
 from dumpfs.s390dump import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390, DumpHeader,
                              EndMarker, datetime_to_tod)
-from dumpfs.model import Dump, MemoryUnavailable, PageState
+from dumpfs.model import Dump, PageState
 from dumpfs.tree import File
 from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
 

@@ -11,14 +11,12 @@ reason is in `kernel/sources` and in `info`'s problems.
 
 from __future__ import annotations
 
-
-from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable
+from dumpfs.kernel.context import KernelContext
 from dumpfs.tree import Dir, File
 
 
-def kernel_dir(dump: Dump, system_map=None, vmlinux=None) -> Dir:
-    context = kernel_context(dump, system_map, vmlinux)
+def kernel_dir(context: KernelContext) -> Dir:
 
     def sources() -> bytes:
         # touch every part so that the notes and problems are complete
