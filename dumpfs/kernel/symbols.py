@@ -223,9 +223,9 @@ def from_kallsyms(kmem: KernelMemory, info: VmcoreInfo | None) -> list[Symbol]:
     that many token indexes; kallsyms_token_index[256] (u16) points into
     kallsyms_token_table (NUL-terminated tokens); the first character of the
     expanded name is the type letter.  Addresses come from kallsyms_offsets
-    (s32, relative to kallsyms_relative_base; on x86_64 SMP non-negative
-    values are absolute per-CPU offsets: `KernelArch.kallsyms_absolute_percpu`) or
-    kallsyms_addresses.
+    (s32, relative to kallsyms_relative_base; where the machine's kernel has
+    CONFIG_KALLSYMS_ABSOLUTE_PERCPU, `KernelArch.kallsyms_absolute_percpu`,
+    non-negative values are absolute per-CPU offsets) or kallsyms_addresses.
     """
     if info is None:
         raise SymbolError("no VMCOREINFO to find the kallsyms tables with")

@@ -1,8 +1,8 @@
 """Finding VMCOREINFO when the dump has no note for it.
 
-QEMU's s390x dumps (and every s390 memory-image format) carry no VMCOREINFO
-note; the kernel keeps it in memory, and the dump's architecture knows where
-(`KernelArch.vmcoreinfo_finders`).
+Some dumps (QEMU's of some machines, memory-image formats) carry no
+VMCOREINFO note; the kernel keeps it in memory, and the dump's architecture
+knows where (`KernelArch.vmcoreinfo_finders`).
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ def build_dump_s390(dump: Dump) -> ExtentFile:
 
 
 def dump_s390_file(dump: Dump, name: str = "dump.s390") -> File:
-    """The `dump.s390` file of an s390x dump; its layout is computed on first stat or read."""
+    """The `dump.s390` file of a dump (`Arch.s390_dump`); its layout is computed on first stat
+    or read."""
     return lazy_extent_file(name, lambda: build_dump_s390(dump))
 

@@ -17,7 +17,7 @@ from dumpfs.tree import Dir, File
 
 
 def kernel_dir(context: KernelContext) -> Dir:
-
+    """The kernel/ folder of the context's dump."""
     def sources() -> bytes:
         # touch every part so that the notes and problems are complete
         for part in ("memory", "symbols", "log", "release", "types"):
