@@ -588,3 +588,14 @@ def test_btf_enums_unsigned_unless_kind_flag(prefix):
     assert btf.enum("signed32") == {"MINUS_ONE": -1, "MAX": 2**31 - 1}
     assert btf.enum("unsigned64") == {"HUGE": 2**63, "TOP": 2**64 - 1}
     assert btf.enum("signed64") == {"MINUS_TWO": -2, "FOUR": 4}
+
+
+def test_layout_cache_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from dumpfs.kernel.types import LayoutCache
+    monkeypatch.setenv("DUMPFS_CACHE_DIR", str(tmp_path))
+    cache = LayoutCache("dwarf", "6.1.0", "abcdef")
+    with pytest.raises(TypeError):
+        cache.save({"structs": {1, 2}})             # not JSON: the write fails half way
+    assert list(cache.path.parent.iterdir()) == []
+    cache.save({"structs": {}})
+    assert [p.name for p in cache.path.parent.iterdir()] == [cache.path.name]
