@@ -128,12 +128,13 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
-def _build_root(dumps: list, paths: list[str]):
+def _build_root(dumps: list, contexts: list, paths: list[str]):
     from dumpfs.tree import Dir
     from dumpfs.views import build_tree
     if len(dumps) == 1:
-        return build_tree(dumps[0])
-    return Dir("", [build_tree(d, name) for d, name in zip(dumps, _unique_names(paths))])
+        return build_tree(dumps[0], contexts[0])
+    return Dir("", [build_tree(d, c, name)
+                    for d, c, name in zip(dumps, contexts, _unique_names(paths))])
 
 
 def _symbol_source_options(parser) -> None:
@@ -145,15 +146,15 @@ def _symbol_source_options(parser) -> None:
                         help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
 
 
-def _kernel_sources(dumps: list, args) -> None:
-    """--vmlinux / --system-map / --btf go to each dump's kernel context."""
-    from dumpfs.kernel.context import kernel_context
+def _kernel_contexts(dumps: list, args) -> list:
+    """Each dump's KernelContext, with the --vmlinux / --system-map / --btf files."""
+    from dumpfs.kernel.context import KernelContext
     for option in ("vmlinux", "system_map", "btf"):
         path = getattr(args, option, None)
         if path is not None and not os.path.isfile(path):
             raise Failure(f"{path}: --{option.replace('_', '-')} file not found")
-    for dump in dumps:
-        kernel_context(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
+    return [KernelContext(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
+            for dump in dumps]
 
 
 def cmd_mount(args) -> int:
@@ -162,8 +163,8 @@ def cmd_mount(args) -> int:
     options = [o for o in options if o != "direct_io"]
     dumps = _open_all(args.sources, args.partial)
     mountpoint = _check_mountpoint(args.mountpoint)
-    _kernel_sources(dumps, args)
-    root = _build_root(dumps, [d.sources[0] if d.sources else "dump" for d in dumps])
+    contexts = _kernel_contexts(dumps, args)
+    root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps])
 
     from dumpfs import fuse
     if args.foreground:
@@ -268,13 +269,13 @@ def cmd_info(args) -> int:
     from dumpfs.views.info import info_json, info_text
     dumps = _open_all(args.sources, args.partial)
     try:
-        _kernel_sources(dumps, args)
+        contexts = _kernel_contexts(dumps, args)
         texts = []
-        for dump in dumps:
+        for dump, context in zip(dumps, contexts):
             if args.json:
-                texts.append(json.dumps(info_json(dump), indent=2, default=str) + "\n")
+                texts.append(json.dumps(info_json(dump, context), indent=2, default=str) + "\n")
             else:
-                text = info_text(dump)
+                text = info_text(dump, context)
                 texts.append(text + ("" if text.endswith("\n") else "\n"))
         sys.stdout.write("\n".join(texts))
         sys.stdout.flush()

@@ -14,14 +14,14 @@ import pytest
 import fixturecache as fc
 from conftest import time_limit
 from dumpfs.backends import open_dump
-from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
+from dumpfs.arch.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
+from dumpfs.errors import KernelUnavailable, LogUnavailable, MemoryUnavailable, TranslationError
+from dumpfs.kernel.address_space import IdentitySpace, KernelMemory, TableCache, kernel_memory
+from dumpfs.kernel.context import KernelContext
+from dumpfs.kernel.printk import format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
                                    kaslr_offset, kernel_symbols)
-from dumpfs.kernel.translate import (IdentitySpace, KernelMemory, TableCache, TranslationError,
-                                     kernel_memory, user_address_space)
-from dumpfs.kernel.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.model import Dump
 from dumpfs.views import build_tree
 from synthetic import synthetic_dump, x86_64_prstatus
 
@@ -38,6 +38,16 @@ def dump_of(folder: str, name: str) -> Dump:
 
 def first_dump(folder: str) -> Dump:
     return dump_of(*next(d for d in FULL_DUMPS if d[0] == folder))
+
+
+_contexts: dict[int, tuple[Dump, KernelContext]] = {}
+
+
+def kernel_context(dump: Dump) -> KernelContext:
+    """One context per dump, as one mount has (the dump is kept, so its id stays its own)."""
+    if id(dump) not in _contexts:
+        _contexts[id(dump)] = (dump, KernelContext(dump))
+    return _contexts[id(dump)][1]
 
 
 @lru_cache(maxsize=None)
@@ -72,7 +82,8 @@ def read_file(tree, path: str) -> bytes:
 @pytest.mark.parametrize("folder,name", FULL_DUMPS)
 def test_kernel_log_release_and_symbols_view(folder, name):
     truth = fc.truth(folder)
-    tree = build_tree(dump_of(folder, name))
+    dump = dump_of(folder, name)
+    tree = build_tree(dump, kernel_context(dump))
     log = read_file(tree, "kernel/log").decode()
     lines = log.splitlines()
     assert lines[-len(truth["log_tail_raw"]):] == truth["log_tail_raw"]
@@ -95,7 +106,8 @@ def test_kernel_log_release_and_symbols_view(folder, name):
 def test_kernel_log_matches_makedumpfile_dump_dmesg(folder):
     """Single-line records: identical to `makedumpfile --dump-dmesg` (which indents
     continuation lines instead of repeating the prefix, as the guest's dmesg does)."""
-    ours = read_file(build_tree(first_dump(folder)), "kernel/log").decode().splitlines()
+    dump = first_dump(folder)
+    ours = read_file(build_tree(dump, kernel_context(dump)), "kernel/log").decode().splitlines()
     theirs = (fc.FIXTURES / folder / "validation-mkdf-dmesg.txt").read_text().splitlines()
     assert ours == theirs
 
@@ -111,7 +123,7 @@ def test_multiline_record_gets_a_prefix_per_line_as_dmesg_shows():
 def test_kernel_log_from_a_filtered_kdump():
     """makedumpfile -d 31 keeps kernel pages: the log reads the same."""
     dump = dump_of("x86_64-custom", "mkdf-lzo-d31.kdump.xz")
-    lines = read_file(build_tree(dump), "kernel/log").decode().splitlines()
+    lines = read_file(build_tree(dump, kernel_context(dump)), "kernel/log").decode().splitlines()
     assert lines[-40:] == fc.truth("x86_64-custom")["log_tail_raw"]
 
 
@@ -188,7 +200,7 @@ def test_x86_64_user_space_from_cr3():
     kmem = kernel_context(dump).memory
     banner = fc.truth("x86_64-custom")["symbols"]["linux_banner"]
     for cpu in dump.cpus.values():
-        space = user_address_space(dump, cpu.registers["cr3"])
+        space = dump.arch.kernel.user_space(dump, cpu.registers["cr3"], TableCache(dump))
         assert space.translate(banner)[0] == kmem.translate(banner)
 
 
@@ -411,7 +423,7 @@ def test_kernel_files_fail_with_eio_and_say_why():
     assert "problem: kernel log:" in sources
     assert any("kernel" in p for p in map(str, dump.meta.problems))
     with pytest.raises(KernelUnavailable):
-        kernel_context(dump).log
+        KernelContext(dump).log
 
 
 def test_identity_space_and_kernel_memory_cstring_across_pages():
@@ -427,7 +439,7 @@ def test_identity_space_and_kernel_memory_cstring_across_pages():
 
 def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
     from dumpfs.arch import s390x
-    from dumpfs.kernel.s390x_dat import DatSpace
+    from dumpfs.arch.s390x_dat import DatSpace
     tables = bytearray(0x20000)
 
     def entry(table, index, value):
@@ -461,7 +473,6 @@ def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
 
 def test_pre_5_10_log_buf_records():
     """struct printk_log { u64 ts_nsec; u16 len, text_len, dict_len; u8 facility, flags; }"""
-    from dumpfs.kernel.translate import IdentitySpace
     buf, records = bytearray(0x1000), [(1_000_000, b"hello"), (2_500_000_000, b"two\nlines")]
     position = 0
     for ts, text in records:
@@ -484,8 +495,7 @@ def test_pre_5_10_log_buf_records():
 
 @pytest.mark.parametrize("num_syms", [0, 5_000_000, 3_000_000])
 def test_hostile_kallsyms_is_bounded(num_syms):
-    from dumpfs.kernel.symbols import SymbolError
-    from dumpfs.kernel.translate import IdentitySpace
+    from dumpfs.errors import SymbolError
     rng = random.Random(num_syms)
     memory = bytearray(rng.randbytes(1 << 20))
     struct.pack_into("<I", memory, 0x1000, num_syms)
@@ -512,3 +522,55 @@ def test_kernel_log_and_release_of_every_fixture_dump(folder, record):
         assert read_file(tree, "kernel/release").decode() == truth["kernel_release"] + "\n"
     finally:
         dump.close()
+
+
+# ---------------------------------------------------------------------------
+# BTF enums: kind_flag says signed
+# ---------------------------------------------------------------------------
+
+def btf_blob(types: list[tuple[str, int, int, int, list[tuple[str, int]]]], prefix: str = "<") -> bytes:
+    """A BTF blob of enums: (name, kind, kind_flag, size, [(enumerator, raw unsigned value)])."""
+    strings = bytearray(b"\0")
+
+    def name_off(name: str) -> int:
+        strings.extend(name.encode() + b"\0")
+        return len(strings) - len(name) - 1
+    section = bytearray()
+    for name, kind, kind_flag, size, values in types:
+        info = kind << 24 | kind_flag << 31 | len(values)
+        section += struct.pack(prefix + "III", name_off(name), info, size)
+        for enumerator, value in values:
+            if kind == 6:                                   # BTF_KIND_ENUM: u32 name, s32 val
+                section += struct.pack(prefix + "II", name_off(enumerator), value)
+            else:                                           # BTF_KIND_ENUM64: name, lo32, hi32
+                section += struct.pack(prefix + "III", name_off(enumerator), value & 0xFFFFFFFF,
+                                       value >> 32)
+    header = struct.pack(prefix + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(section), len(section),
+                         len(strings))
+    return header + bytes(section) + bytes(strings)
+
+
+@pytest.mark.parametrize("prefix", ["<", ">"])
+def test_btf_enums_unsigned_unless_kind_flag(prefix):
+    from dumpfs.kernel.btf import KIND_ENUM, KIND_ENUM64, BtfTypes
+    btf = BtfTypes(btf_blob([
+        ("unsigned32", KIND_ENUM, 0, 4, [("BIG", 0x80000000), ("TOP", 0xFFFFFFFF), ("ONE", 1)]),
+        ("signed32", KIND_ENUM, 1, 4, [("MINUS_ONE", 0xFFFFFFFF), ("MAX", 0x7FFFFFFF)]),
+        ("unsigned64", KIND_ENUM64, 0, 8, [("HUGE", 1 << 63), ("TOP", (1 << 64) - 1)]),
+        ("signed64", KIND_ENUM64, 1, 8, [("MINUS_TWO", (1 << 64) - 2), ("FOUR", 4)]),
+    ], prefix))
+    assert btf.enum("unsigned32") == {"BIG": 2**31, "TOP": 2**32 - 1, "ONE": 1}
+    assert btf.enum("signed32") == {"MINUS_ONE": -1, "MAX": 2**31 - 1}
+    assert btf.enum("unsigned64") == {"HUGE": 2**63, "TOP": 2**64 - 1}
+    assert btf.enum("signed64") == {"MINUS_TWO": -2, "FOUR": 4}
+
+
+def test_layout_cache_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from dumpfs.kernel.types import LayoutCache
+    monkeypatch.setenv("DUMPFS_CACHE_DIR", str(tmp_path))
+    cache = LayoutCache("dwarf", "6.1.0", "abcdef")
+    with pytest.raises(TypeError):
+        cache.save({"structs": {1, 2}})             # not JSON: the write fails half way
+    assert list(cache.path.parent.iterdir()) == []
+    cache.save({"structs": {}})
+    assert [p.name for p in cache.path.parent.iterdir()] == [cache.path.name]

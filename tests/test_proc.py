@@ -17,7 +17,7 @@ import pytest
 import fixturecache as fc
 from conftest import time_limit
 from dumpfs.backends import open_dump
-from dumpfs.kernel.context import kernel_context
+from dumpfs.kernel.context import KernelContext
 from dumpfs.model import Dump
 from synthetic import patched_dump
 
@@ -246,7 +246,6 @@ def test_dwarf_layouts_equal_btf_and_are_cached(folder, tmp_path, monkeypatch):
 
 
 def test_a_vmlinux_of_another_kernel_is_refused():
-    from dumpfs.kernel.context import KernelContext
     dump = open_dump(str(fc.unpacked("x86_64-debian", "qemu-elf.vmcore.xz")))
     context = KernelContext(dump, vmlinux=fc.unpacked("x86_64-custom", VMLINUX))
     types = context.types           # falls back to the dump's own BTF
@@ -261,7 +260,7 @@ def test_a_vmlinux_of_another_kernel_is_refused():
 @lru_cache(maxsize=None)
 def original():
     dump = open_dump(str(fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")))
-    context = kernel_context(dump)
+    context = KernelContext(dump)
     tasks = {t.pid: t for t in context.tasks.processes()}
     return dump, context, tasks
 
@@ -284,7 +283,7 @@ def test_cyclic_task_list_is_cut(tmp_path):
     hostile = patched({tasks[36].address + offset("task_struct", "tasks"):
                        tasks[35].address + offset("task_struct", "tasks")})
     with time_limit(20):
-        walker = kernel_context(hostile).tasks
+        walker = KernelContext(hostile).tasks
         listed = walker.processes()
     assert [t.pid for t in listed][-2:] == [35, 36]
     assert any("loops back" in p for p in walker.problems)
@@ -296,7 +295,7 @@ def test_task_list_into_nowhere_and_threads_into_nowhere():
     hostile = patched({tasks[35].address + offset("task_struct", "tasks"): nowhere,
                        tasks[1].signal + offset("signal_struct", "thread_head"): nowhere})
     with time_limit(20):
-        walker = kernel_context(hostile).tasks
+        walker = KernelContext(hostile).tasks
         listed = walker.processes()
         threads = walker.threads_of(listed[0])
     assert listed and listed[-1].pid == 35
@@ -345,8 +344,8 @@ def test_absurd_argument_range_is_bounded():
 
 def test_mem_reads_of_unmapped_pages_fail_with_the_reason():
     from dumpfs.views import build_tree
-    dump, _, tasks = original()
-    tree = build_tree(dump)
+    dump, context, tasks = original()
+    tree = build_tree(dump, context)
     mem = tree.walk("proc/35/mem")
     with pytest.raises(OSError) as caught:
         mem.read(0x1000, 16)
