@@ -12,6 +12,7 @@ from dumpfs import arch as arches
 from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NOTE,
                         SHDR_INFO_OFFSET, Elf64Header, Ident)
 from dumpfs.elfnote import parse_notes, sort_notes
+from dumpfs.extents import SourceRange
 from dumpfs.model import Dump, DumpError, DumpMeta, Memory, MemoryChunk, PageState
 from dumpfs.source import Source
 
@@ -81,7 +82,7 @@ def open(source: Source) -> Dump:
                                 f"{present:#x} of {p_filesz:#x} bytes")
             if present:
                 chunks.append(MemoryChunk(p_paddr, present, PageState.PRESENT,
-                                          _file_reader(source, p_offset)))
+                                          SourceRange(source.read, p_offset)))
             if present < p_filesz:
                 # the bytes the file should hold but lost: unknown, not zero
                 chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.MISSING))
@@ -98,12 +99,6 @@ def open(source: Source) -> Dump:
     page_size = vmcoreinfo.number("PAGESIZE") if vmcoreinfo else None
     return Dump(arch=arch, page_size=page_size or arch.page_size, memory=memory, cpus=cpus,
                 meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
-
-
-def _file_reader(source: Source, file_offset: int):
-    def read(offset: int, length: int) -> bytes:
-        return source.read(file_offset + offset, length)
-    return read
 
 
 def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
@@ -125,13 +120,8 @@ def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
 
 
 def _tail(chunk: MemoryChunk, skip: int) -> MemoryChunk:
-    inner = chunk.read
-
-    def read(offset: int, length: int) -> bytes:
-        return inner(skip + offset, length)
-
     return MemoryChunk(chunk.start + skip, chunk.size - skip, chunk.state,
-                       read if inner is not None else None)
+                       SourceRange(chunk.read, skip) if chunk.read is not None else None)
 
 
 def _guess_writer(ehdr, dump_notes, cpus) -> str:

@@ -22,6 +22,7 @@ from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from dumpfs.arch import s390x
 from dumpfs.backends.s390 import cpus_from_lowcores
+from dumpfs.extents import SourceRange
 from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
                           PageCache, PageState, may_wait)
 from dumpfs.source import Source
@@ -178,7 +179,8 @@ class LkcdDump:
             if start > covered:
                 chunks.append(MemoryChunk(covered, start - covered, PageState.ZERO))
             end = addresses[j] + PAGE
-            chunks.append(MemoryChunk(start, end - start, PageState.PRESENT, _at(self._read_pages, start)))
+            chunks.append(MemoryChunk(start, end - start, PageState.PRESENT,
+                                      SourceRange(self._read_pages, start)))
             covered = end
             i = j + 1
         if covered < self.mem_end:
@@ -267,12 +269,6 @@ class LkcdDump:
                             "no s390 asm header: the dump has no CPU information"],
                         compression="zlib" if hdr.dump_compress == COMPRESS_GZIP else None,
                         details=details, problems=self.problems)
-
-
-def _at(read, start: int):
-    def read_chunk(offset: int, length: int) -> bytes:
-        return read(start + offset, length)
-    return read_chunk
 
 
 def open(source: Source) -> Dump:

@@ -25,6 +25,7 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, 
 
 from dumpfs.arch import s390x
 from dumpfs.s390dump import tod_to_datetime
+from dumpfs.extents import SourceRange
 from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
                           PageCache, PageState, may_wait)
 from dumpfs.source import Source
@@ -364,7 +365,7 @@ class VmDump:
             present_end = end if cut is None else max(start, min(end, cut))
             if present_end > start:
                 chunks.append(MemoryChunk(start, present_end - start, PageState.PRESENT,
-                                          _offset_reader(reader, start)))
+                                          SourceRange(reader, start)))
             if present_end < end:
                 chunks.append(MemoryChunk(present_end, end - present_end, PageState.MISSING))
         return chunks
@@ -425,12 +426,6 @@ class VmDump:
         when: datetime | None = tod_to_datetime(adsr.tod)
         return DumpMeta(format="vmdump", writer="z/VM VMDUMP", dump_time=when,
                         complete=not self.problems, details=details, problems=self.problems)
-
-
-def _offset_reader(read_address, start: int):
-    def read(offset: int, length: int) -> bytes:
-        return read_address(start + offset, length)
-    return read
 
 
 def open(source: Source) -> Dump:

@@ -83,12 +83,6 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-def _chunk_reader(chunk: MemoryChunk):
-    if chunk.state is PageState.PRESENT:
-        return chunk.read
-    return None     # zero chunk
-
-
 def build_vmcore(dump: Dump) -> ExtentFile:
     order = dump.arch.byteorder
     prefix = "<" if order == "little" else ">"
@@ -117,7 +111,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
             offset_in_segment = chunk.start - segment.start
             if offset_in_segment >= segment.filesz:
                 break
-            extents.append(Extent(position + offset_in_segment, chunk.size, _chunk_reader(chunk)))
+            extents.append(Extent(position + offset_in_segment, chunk.size, chunk.fill))
         position += segment.filesz
 
     ehdr = Elf64Header[order].build(dict(
