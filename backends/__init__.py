@@ -167,14 +167,7 @@ def _name_missing_memory(dump: Dump) -> None:
     """
     if dump.meta.complete:
         return
-    ranges: list[list[int]] = []
-    for chunk in dump.memory:
-        if chunk.state is not PageState.MISSING:
-            continue
-        if ranges and ranges[-1][1] == chunk.start:
-            ranges[-1][1] = chunk.end
-        else:
-            ranges.append([chunk.start, chunk.end])
+    ranges = dump.memory.ranges(PageState.MISSING)
     if not ranges:
         return
     total = sum(end - start for start, end in ranges)

@@ -14,6 +14,7 @@ from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NO
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
+from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 
 MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
@@ -80,7 +81,7 @@ def open(source: Source) -> Dump:
                                         f"{present:#x} of {p_filesz:#x} bytes"))
             if present:
                 chunks.append(MemoryChunk(p_paddr, present, PageState.PRESENT,
-                                          _file_reader(source, p_offset)))
+                                          SourceRange(source.read, p_offset)))
             if present < p_filesz:
                 # the bytes the file should hold but lost: unknown, not zero
                 chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.MISSING))
@@ -97,12 +98,6 @@ def open(source: Source) -> Dump:
     page_size = vmcoreinfo.number("PAGESIZE") if vmcoreinfo else None
     return Dump(arch=arch, page_size=page_size or arch.page_size, memory=memory, cpus=cpus,
                 meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
-
-
-def _file_reader(source: Source, file_offset: int):
-    def read(offset: int, length: int) -> bytes:
-        return source.read(file_offset + offset, length)
-    return read
 
 
 def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
@@ -124,13 +119,8 @@ def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:
 
 
 def _tail(chunk: MemoryChunk, skip: int) -> MemoryChunk:
-    inner = chunk.read
-
-    def read(offset: int, length: int) -> bytes:
-        return inner(skip + offset, length)
-
     return MemoryChunk(chunk.start + skip, chunk.size - skip, chunk.state,
-                       read if inner is not None else None)
+                       SourceRange(chunk.read, skip) if chunk.read is not None else None)
 
 
 def _guess_writer(ehdr, dump_notes, cpus) -> str:

@@ -10,7 +10,6 @@ file is then served as a `Source` and opened by the kdump or ELF backend.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import heapq
 import io
@@ -23,9 +22,11 @@ from dataclasses import dataclass, field
 
 from construct import Bytes, Int64sb, Struct
 
+from dumpfs.cache import cache_dir
 from dumpfs.errors import DamagedDump, Problem
+from dumpfs.extents import ExtentFile
 from dumpfs.model import Dump
-from dumpfs.source import Source
+from dumpfs.source import ExtentSource, Source
 
 SIGNATURE = b"makedumpfile\0\0\0\0"
 TYPE_FLAT_HEADER = 1
@@ -149,13 +150,6 @@ def resolve_overlaps(records: list[tuple[int, int, int]]) -> tuple[array, array,
 
 # --- the persistent index ------------------------------------------------------------
 
-def cache_root() -> str:
-    if os.environ.get("DUMPFS_CACHE_DIR"):
-        return os.environ["DUMPFS_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "dumpfs")
-
-
 def index_path(source: Source) -> str | None:
     """The cache file for this exact dump, or None for sources that are not files."""
     identity = getattr(source, "identity", None)
@@ -164,7 +158,7 @@ def index_path(source: Source) -> str | None:
     dev, ino, size, mtime_ns = identity
     key = f"{os.path.realpath(source.name)}\0{dev}\0{ino}\0{size}\0{mtime_ns}"
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return os.path.join(cache_root(), "index", f"{digest}.flatidx")
+    return str(cache_dir("index") / f"{digest}.flatidx")
 
 
 def save_index(path: str, source: Source, index: FlatIndex) -> str | None:
@@ -236,55 +230,19 @@ def read_index(source: Source) -> FlatIndex:
 
 # --- the inner file --------------------------------------------------------------------
 
-class FlattenedSource(Source):
-    """The reassembled inner file: reads map through the index; never-written bytes are zeros."""
+class FlattenedSource(ExtentSource):
+    """The reassembled inner file: reads map through the index; never-written bytes are zeros.
+
+    Extents that continue each other in the inner file and lie close together in
+    the stream (only record headers between them) are fetched with one pread.
+    """
 
     def __init__(self, stream: Source, index: FlatIndex):
+        super().__init__(ExtentFile.runlist(stream.read, index.starts, index.lengths, index.stream_offsets,
+                                            index.inner_size, read_across=MAX_GAP_IN_ONE_READ),
+                         stream.name)
         self.stream = stream
         self.index = index
-        self.name = stream.name
-        self.size = index.inner_size
-
-    def read(self, offset: int, length: int) -> bytes:
-        if length <= 0 or offset >= self.size:
-            return b""
-        end = min(offset + length, self.size)
-        starts, lengths, stream_offsets = self.index.starts, self.index.lengths, self.index.stream_offsets
-        i = max(bisect.bisect_right(starts, offset) - 1, 0)
-        parts: list[bytes] = []
-        position = offset
-        while position < end:
-            if i >= len(starts) or starts[i] >= end:
-                parts.append(bytes(end - position))
-                break
-            if starts[i] + lengths[i] <= position:
-                i += 1
-                continue
-            if starts[i] > position:
-                parts.append(bytes(starts[i] - position))
-                position = starts[i]
-            # extents that continue each other in the inner file and lie close together in the
-            # stream (only record headers between them) are fetched with one pread
-            last = i
-            while last + 1 < len(starts) and starts[last + 1] < end \
-                    and starts[last + 1] == starts[last] + lengths[last] \
-                    and 0 <= stream_offsets[last + 1] - (stream_offsets[last] + lengths[last]) <= MAX_GAP_IN_ONE_READ:
-                last += 1
-            first_stream = stream_offsets[i] + (position - starts[i])
-            stop = min(end, starts[last] + lengths[last])
-            if last == i:
-                parts.append(self.stream.read(first_stream, stop - position))
-            else:
-                stream_stop = stream_offsets[last] + (stop - starts[last])
-                blob = memoryview(self.stream.read(first_stream, stream_stop - first_stream))
-                for j in range(i, last + 1):
-                    piece_start = max(position, starts[j])
-                    piece_stop = min(stop, starts[j] + lengths[j])
-                    at = stream_offsets[j] + (piece_start - starts[j]) - first_stream
-                    parts.append(bytes(blob[at:at + piece_stop - piece_start]))
-            position = stop
-            i = last + 1
-        return b"".join(parts)
 
 
 def open(source: Source) -> Dump:

@@ -24,6 +24,7 @@ from dumpfs.arch import s390x
 from dumpfs.backends.s390 import cpus_from_lowcores
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
+from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 
 MAGIC = 0xA8190173618F23ED
@@ -177,7 +178,8 @@ class LkcdDump:
             if start > covered:
                 chunks.append(MemoryChunk(covered, start - covered, PageState.ZERO))
             end = addresses[j] + PAGE
-            chunks.append(MemoryChunk(start, end - start, PageState.PRESENT, _at(self._read_pages, start)))
+            chunks.append(MemoryChunk(start, end - start, PageState.PRESENT,
+                                      SourceRange(self._read_pages, start)))
             covered = end
             i = j + 1
         if covered < self.mem_end:
@@ -264,12 +266,6 @@ class LkcdDump:
                         kernel_release=release if release and release != "<unknown>" else None,
                         compression="zlib" if hdr.dump_compress == COMPRESS_GZIP else None,
                         details=details, problems=self.problems)
-
-
-def _at(read, start: int):
-    def read_chunk(offset: int, length: int) -> bytes:
-        return read(start + offset, length)
-    return read_chunk
 
 
 def open(source: Source) -> Dump:

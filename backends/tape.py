@@ -31,6 +31,7 @@ import sys
 from construct import Int8ub, Int16ul, Struct
 
 from dumpfs.arch import s390x
+from dumpfs.cache import cache_dir
 from dumpfs.errors import DamagedDump, MissingPart, NoDump, Problem
 from dumpfs.model import Dump, Memory
 from dumpfs.source import FileSource, Source
@@ -170,13 +171,6 @@ def device_blocks(fd: int, limit: int = 1 << 18):
         yield data if data else None
 
 
-def cache_dir() -> str:
-    if os.environ.get("DUMPFS_CACHE_DIR"):
-        return os.path.join(os.environ["DUMPFS_CACHE_DIR"], "tape")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "dumpfs", "tape")
-
-
 def _progress(total: int, name: str):
     if not sys.stderr.isatty():
         return None
@@ -191,7 +185,7 @@ def copy_to_cache(blocks, name: str, identity: str) -> tuple[str, dict]:
     Returns (cache path, facts): facts say how many memory bytes arrived, where
     the end marker is and what went wrong.  A complete cache is reused.
     """
-    directory = cache_dir()
+    directory = str(cache_dir("tape"))
     os.makedirs(directory, exist_ok=True)
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     path = os.path.join(directory, key + ".s390")

@@ -27,6 +27,7 @@ from dumpfs.arch import s390x
 from dumpfs.s390dump import tod_to_datetime
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Unsupported
 from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
+from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 
 RECORD = 4096
@@ -362,7 +363,7 @@ class VmDump:
             present_end = end if cut is None else max(start, min(end, cut))
             if present_end > start:
                 chunks.append(MemoryChunk(start, present_end - start, PageState.PRESENT,
-                                          _offset_reader(reader, start)))
+                                          SourceRange(reader, start)))
             if present_end < end:
                 chunks.append(MemoryChunk(present_end, end - present_end, PageState.MISSING))
         return chunks
@@ -423,12 +424,6 @@ class VmDump:
         when: datetime | None = tod_to_datetime(adsr.tod)
         return DumpMeta(format="vmdump", writer="z/VM VMDUMP", dump_time=when,
                         details=details, problems=self.problems)
-
-
-def _offset_reader(read_address, start: int):
-    def read(offset: int, length: int) -> bytes:
-        return read_address(start + offset, length)
-    return read
 
 
 def open(source: Source) -> Dump:

@@ -7,7 +7,6 @@ metadata.  Nothing here knows which file format the dump came from.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import enum
 import threading
@@ -17,8 +16,9 @@ from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
-from dumpfs.errors import DumpError, MemoryUnavailable  # noqa: F401  (until every import names dumpfs.errors)
+from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
+from dumpfs.extents import ExtentFile, Unreadable
 
 
 class WouldBlock(Exception):
@@ -60,6 +60,13 @@ class PageState(enum.Enum):
 ChunkReader = Callable[[int, int], bytes]
 """read(offset_in_chunk, length) -> exactly `length` bytes, or raises MemoryUnavailable."""
 
+_UNREADABLE = {
+    PageState.EXCLUDED: Unreadable("excluded by the dump writer"),
+    PageState.MISSING: Unreadable("missing: the dump is truncated or incomplete there"),
+}
+NOT_IN_DUMP = Unreadable("not in the dump")
+ADDRESS_SPACE = 1 << 64
+
 
 @dataclass(frozen=True)
 class MemoryChunk:
@@ -73,6 +80,15 @@ class MemoryChunk:
     @property
     def end(self) -> int:
         return self.start + self.size
+
+    @property
+    def fill(self):
+        """Where the chunk's bytes come from, as an extent's fill."""
+        if self.state is PageState.PRESENT:
+            return self.read
+        if self.state is PageState.ZERO:
+            return None
+        return _UNREADABLE[self.state]
 
 
 class PageCache:
@@ -101,36 +117,43 @@ class PageCache:
 class Memory:
     """Physical memory: sorted, non-overlapping chunks; gaps between them are holes.
 
-    The chunk list may be computed on first use (`Memory(factory)`), so that
-    opening a dump never walks its whole page table or bitmap.
+    The chunks are the extents of an `ExtentFile` over the whole address space,
+    whose holes are "not in the dump".  The chunk list may be computed on first
+    use (`Memory(factory)`), so that opening a dump never walks its whole page
+    table or bitmap.
     """
 
     def __init__(self, chunks: Iterable[MemoryChunk] | Callable[[], Iterable[MemoryChunk]]):
         self._factory = chunks if callable(chunks) else None
-        self._chunks: list[MemoryChunk] | None = None if callable(chunks) else list(chunks)
-        self._starts: list[int] | None = None
+        self._chunks: list[MemoryChunk] = []
+        self._file: ExtentFile | None = None      # set last: other threads read without the lock
         self._lock = threading.Lock()
-        if self._chunks is not None:
-            self._index()
+        if self._factory is None:
+            self._index(chunks)
 
-    def _index(self) -> None:
-        chunks = sorted(self._chunks, key=lambda c: c.start)
+    def _index(self, chunks: Iterable[MemoryChunk]) -> ExtentFile:
+        chunks = sorted(chunks, key=lambda c: c.start)
         for before, after in zip(chunks, chunks[1:]):
             if after.start < before.end:
                 raise DumpError(
                     f"memory ranges overlap: {before.start:#x}-{before.end:#x} and "
                     f"{after.start:#x}-{after.end:#x}")
         self._chunks = [c for c in chunks if c.size > 0]
-        self._starts = [c.start for c in self._chunks]
+        self._file = ExtentFile([(c.start, c.size, c.fill) for c in self._chunks],
+                                size=ADDRESS_SPACE, gap=NOT_IN_DUMP)
+        return self._file
+
+    def _layout(self) -> ExtentFile:
+        file = self._file
+        if file is None:
+            may_wait("building the memory map")
+            with self._lock:
+                file = self._file or self._index(self._factory())
+        return file
 
     @property
     def chunks(self) -> list[MemoryChunk]:
-        if self._chunks is None:
-            may_wait("building the memory map")
-            with self._lock:
-                if self._chunks is None:
-                    self._chunks = list(self._factory())
-                    self._index()
+        self._layout()
         return self._chunks
 
     def __iter__(self) -> Iterator[MemoryChunk]:
@@ -144,32 +167,25 @@ class Memory:
     def size_in(self, *states: PageState) -> int:
         return sum(c.size for c in self.chunks if c.state in states)
 
+    def ranges(self, *states: PageState) -> list[tuple[int, int]]:
+        """(start, end) of each run of adjacent chunks (in one of `states`, if given)."""
+        ranges: list[list[int]] = []
+        for chunk in self.chunks:
+            if states and chunk.state not in states:
+                continue
+            if ranges and ranges[-1][1] == chunk.start:
+                ranges[-1][1] = chunk.end
+            else:
+                ranges.append([chunk.start, chunk.end])
+        return [(start, end) for start, end in ranges]
+
     def chunk_at(self, address: int) -> MemoryChunk | None:
-        chunks = self.chunks
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i >= 0 and address < chunks[i].end:
-            return chunks[i]
-        return None
+        i = self._layout().extent_index(address)
+        return None if i is None else self._chunks[i]
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""
-        parts = []
-        end = address + size
-        while address < end:
-            chunk = self.chunk_at(address)
-            if chunk is None:
-                raise MemoryUnavailable(address, "not in the dump")
-            length = min(end, chunk.end) - address
-            if chunk.state is PageState.PRESENT:
-                parts.append(chunk.read(address - chunk.start, length))
-            elif chunk.state is PageState.ZERO:
-                parts.append(bytes(length))
-            elif chunk.state is PageState.EXCLUDED:
-                raise MemoryUnavailable(address, "excluded by the dump writer")
-            else:
-                raise MemoryUnavailable(address, "missing: the dump is truncated or incomplete there")
-            address += length
-        return b"".join(parts)
+        return (self._file or self._layout()).read(address, size)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import stat
 
 from dumpfs.errors import DamagedDump, MissingPart, NoDump
 from dumpfs.model import WouldBlock, waiting_forbidden
+from dumpfs.extents import Extent, ExtentFile, SourceRange
 
 
 class Source:
@@ -128,7 +129,21 @@ class WindowSource(Source):
         return self.inner.read(self.offset + offset, length)
 
 
-class RunsSource(Source):
+class ExtentSource(Source):
+    """A source laid out as extents over others: a file in a file system image, a reassembled stream."""
+
+    def __init__(self, layout: ExtentFile, name: str):
+        self.layout = layout
+        self.name = name
+        self.size = layout.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0:
+            return b""
+        return self.layout.read(offset, length)
+
+
+class RunsSource(ExtentSource):
     """A file scattered over another source (a file in a file system image).
 
     `runs` are (inner offset or None for a hole of zeros, length) in file
@@ -136,38 +151,12 @@ class RunsSource(Source):
     """
 
     def __init__(self, inner: Source, runs: list[tuple[int | None, int]], size: int, name: str):
-        import bisect
-        self._bisect = bisect.bisect_right
-        self.inner = inner
-        self.name = name
-        self.size = size
-        self._starts: list[int] = []
-        self._runs: list[tuple[int | None, int]] = []
+        extents = []
         position = 0
         for where, length in runs:
             if length > 0:
-                self._starts.append(position)
-                self._runs.append((where, length))
+                extents.append(Extent(position, length,
+                                      None if where is None else SourceRange(inner.read, where)))
                 position += length
-
-    def read(self, offset: int, length: int) -> bytes:
-        length = min(length, self.size - offset)
-        if length <= 0 or offset < 0:
-            return b""
-        parts = []
-        i = self._bisect(self._starts, offset) - 1
-        while length > 0 and 0 <= i < len(self._runs):
-            where, run = self._runs[i]
-            inner = offset - self._starts[i]
-            part = min(length, run - inner)
-            if where is None:
-                parts.append(bytes(part))
-            else:
-                data = self.inner.read(where + inner, part)
-                parts.append(data)
-                if len(data) < part:
-                    break
-            offset += part
-            length -= part
-            i += 1
-        return b"".join(parts)
+        super().__init__(ExtentFile(extents, size), name)
+        self.inner = inner

@@ -231,7 +231,7 @@ def test_bad_mountpoint(problem, fixture_path, mount, tmp_path):
 TREE_SERVER = textwrap.dedent("""
     import errno, select, sys
     from dumpfs import fuse
-    from dumpfs.model import MemoryUnavailable
+    from dumpfs.errors import MemoryUnavailable
     from dumpfs.tree import Dir, File
 
     def excluded(offset, length):

@@ -15,7 +15,8 @@ import threading
 import pytest
 
 from dumpfs.backends import tape
-from dumpfs.model import MemoryUnavailable, PageState
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.model import PageState
 from writers import s390 as w
 from writers import tape as t
 from writers.tools import differing_pages

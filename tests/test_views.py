@@ -12,7 +12,7 @@ import fixturecache as fc
 from dumpfs.backends import open_dump
 from dumpfs.model import Dump, PageState
 from dumpfs.views import build_tree
-from dumpfs.views.extents import Extent, ExtentFile
+from dumpfs.extents import Extent, ExtentFile
 from dumpfs.views.vmcore import build_vmcore
 from synthetic import synthetic_dump, x86_64_prstatus
 

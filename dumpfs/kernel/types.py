@@ -21,7 +21,8 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+
+from dumpfs.cache import cache_dir
 
 from dumpfs.errors import TypeMissing
 
@@ -181,13 +182,6 @@ def flatten_into(out: dict[str, Member], prefix: str, base_bits: int, members) -
 # On-disk cache of resolved layouts
 # ---------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    if os.environ.get("DUMPFS_CACHE_DIR"):
-        return Path(os.environ["DUMPFS_CACHE_DIR"]) / "types"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "dumpfs" / "types"
-
-
 class LayoutCache:
     """One JSON file per (kind, release, build id); unreadable or absent caches are ignored."""
 
@@ -195,7 +189,7 @@ class LayoutCache:
         self.path = None
         if build_id or release:
             key = re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{release or 'unknown'}-{build_id or 'nobuildid'}")
-            self.path = cache_dir() / f"{key}.json"
+            self.path = cache_dir("types") / f"{key}.json"
 
     def load(self) -> dict | None:
         if self.path is None:

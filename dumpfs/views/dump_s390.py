@@ -17,56 +17,40 @@ is left as memory has it, like zgetdump does.
 
 from __future__ import annotations
 
-import bisect
 import struct
 
 from dumpfs.arch import s390x
-from dumpfs.errors import MemoryUnavailable
 from dumpfs.s390dump import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390, DumpHeader,
                              EndMarker, datetime_to_tod)
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.extents import overlay
 from dumpfs.model import Dump, PageState
 from dumpfs.tree import File
-from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
+from dumpfs.extents import Extent, ExtentFile
+from dumpfs.views.extents import lazy_extent_file
 
 
-class ZeroFilledMemory:
-    """Memory [0, end) with every byte the model cannot give read as zero, plus overlays."""
-
-    def __init__(self, dump: Dump, overlays: dict[int, bytes]):
-        self.chunks = [c for c in dump.memory.chunks if c.state is PageState.PRESENT]
-        self.starts = [c.start for c in self.chunks]
-        self.overlays = sorted(overlays.items())
-
-    def read(self, address: int, length: int) -> bytes:
-        out = bytearray(length)
-        end = address + length
-        i = max(bisect.bisect_right(self.starts, address) - 1, 0)
-        while i < len(self.chunks) and self.chunks[i].start < end:
-            chunk = self.chunks[i]
-            low, high = max(address, chunk.start), min(end, chunk.end)
-            if low < high:
-                try:
-                    out[low - address:high - address] = chunk.read(low - chunk.start, high - low)
-                except MemoryUnavailable:
-                    pass        # unreadable (corrupt) data: zeros, as zgetdump writes for holes
-            i += 1
-        for start, data in self.overlays:
-            low, high = max(address, start), min(end, start + len(data))
-            if low < high:
-                out[low - address:high - address] = data[low - start:high - start]
-        return bytes(out)
+def zero_filled_memory(dump: Dump, mem_size: int, overlays: dict[int, bytes]) -> ExtentFile:
+    """Memory [0, mem_size) with every byte the model cannot give read as zero, overlays on top."""
+    present = [Extent(c.start, c.size, _or_zeros(c.read))
+               for c in dump.memory.chunks if c.state is PageState.PRESENT]
+    patches = [Extent(start, len(data), data) for start, data in sorted(overlays.items())]
+    return ExtentFile(overlay(present, patches), size=mem_size)
 
 
-def _read_or_zeros(dump: Dump, address: int, length: int) -> bytes:
-    try:
-        return dump.read_physical(address, length)
-    except MemoryUnavailable:
-        return bytes(length)
+def _or_zeros(read):
+    def read_or_zeros(offset: int, length: int) -> bytes:
+        try:
+            return read(offset, length)
+        except MemoryUnavailable:
+            return bytes(length)    # unreadable (corrupt) data: zeros, as zgetdump writes for holes
+    return read_or_zeros
 
 
 def register_overlays(dump: Dump, mem_size: int) -> dict[int, bytes]:
     """Save areas (and vector save areas) rewritten from each CPU's registers."""
     overlays: dict[int, bytes] = {}
+    read = _or_zeros(dump.read_physical)
     for number in sorted(dump.cpus):
         regs = dump.cpus[number].registers
         prefix = regs.get("prefix")
@@ -74,9 +58,9 @@ def register_overlays(dump: Dump, mem_size: int) -> dict[int, bytes]:
             continue
         save_area = prefix + s390x.SAVE_AREA_OFFSET
         overlays[save_area] = s390x.save_area_from_registers(
-            regs, _read_or_zeros(dump, save_area, s390x.SAVE_AREA_SIZE))
+            regs, read(save_area, s390x.SAVE_AREA_SIZE))
         vector = s390x.vector_save_area_from_registers(regs)
-        pointer = struct.unpack(">Q", _read_or_zeros(dump, prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
+        pointer = struct.unpack(">Q", read(prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
         if vector and s390x.has_vector_save_area(pointer) and pointer + len(vector) <= mem_size:
             overlays[pointer] = vector
     return overlays
@@ -104,7 +88,7 @@ def build_dump_s390(dump: Dump) -> ExtentFile:
         zlib_version_s390=0, zlib_entry_size=0, mvdump_sign=0, mvdump_zipl_time=0,
         lc_vec=lc_vec + [0] * (512 - len(lc_vec))))
     end_marker = EndMarker.build(dict(str=END_MARKER_MAGIC, tod=end_tod or start_tod))
-    memory = ZeroFilledMemory(dump, register_overlays(dump, mem_size) if full else {})
+    memory = zero_filled_memory(dump, mem_size, register_overlays(dump, mem_size) if full else {})
     return ExtentFile([
         Extent(0, HEADER_SIZE, header),
         Extent(HEADER_SIZE, mem_size, memory.read),

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import errno
 
-from dumpfs.model import Dump, MemoryChunk, MemoryUnavailable
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.model import Dump, MemoryChunk
 from dumpfs.tree import Dir, File
 
 
 def contiguous_ranges(dump: Dump) -> list[tuple[int, int]]:
-    ranges: list[list[int]] = []
-    for chunk in dump.memory:
-        if ranges and ranges[-1][1] == chunk.start:
-            ranges[-1][1] = chunk.end
-        else:
-            ranges.append([chunk.start, chunk.end])
-    return [(start, end) for start, end in ranges]
+    """One file per run of adjacent chunks, whatever their state."""
+    return dump.memory.ranges()
 
 
 def range_name(start: int, end: int) -> str:

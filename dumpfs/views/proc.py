@@ -32,7 +32,7 @@ from dumpfs.kernel.mm import MmWalker
 from dumpfs.kernel.tasks import Task
 from dumpfs.model import Note
 from dumpfs.tree import Dir, File
-from dumpfs.views.extents import Extent, ExtentFile
+from dumpfs.extents import Extent, ExtentFile
 
 ERRORS = (KernelUnavailable, MemoryUnavailable)     # WalkError is a KernelUnavailable
 

@@ -24,7 +24,8 @@ from dumpfs.elf import (EHDR_SIZE, ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
-from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
+from dumpfs.extents import Extent, ExtentFile
+from dumpfs.views.extents import lazy_extent_file
 
 
 # Memory data starts on a 1 MiB boundary: the kernel's 1 MiB FUSE reads then
@@ -83,12 +84,6 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-def _chunk_reader(chunk: MemoryChunk):
-    if chunk.state is PageState.PRESENT:
-        return chunk.read
-    return None     # zero chunk
-
-
 def build_vmcore(dump: Dump) -> ExtentFile:
     order = dump.arch.byteorder
     prefix = "<" if order == "little" else ">"
@@ -117,7 +112,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
             offset_in_segment = chunk.start - segment.start
             if offset_in_segment >= segment.filesz:
                 break
-            extents.append(Extent(position + offset_in_segment, chunk.size, _chunk_reader(chunk)))
+            extents.append(Extent(position + offset_in_segment, chunk.size, chunk.fill))
         position += segment.filesz
 
     ehdr = Elf64Header[order].build(dict(
