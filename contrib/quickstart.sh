@@ -13,8 +13,9 @@ if mountpoint -q "$mnt"; then
     $SUDO .venv/bin/dumpfs umount "$mnt"
 fi
 # FUSE mounts need root or fusermount3; mount as root so that no fuse.conf change is needed,
-# with allow_other so that the invoking user can read it too.
-$SUDO .venv/bin/dumpfs mount -o allow_other "$dump" "$mnt"
+# with allow_other so that the invoking user can read it too: its files are the dump's own
+# owner, group and read bits; uid= and umask=077 give them to the invoking user alone.
+$SUDO .venv/bin/dumpfs mount -o "allow_other,uid=$(id -u),gid=$(id -g),umask=077" "$dump" "$mnt"
 
 echo "== $dump mounted on $mnt"
 find "$mnt" -maxdepth 2 -not -path "$mnt/proc/*" | sort

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -98,20 +99,98 @@ def _open_all(paths: list[str], partial: bool = False) -> list:
 # -- mount -------------------------------------------------------------
 
 def _check_mountpoint(path: str) -> str:
+    """The mountpoint as an absolute path; a dead dumpfs mount left there (its daemon was
+    killed) is detached first, anything else mounted there is refused."""
     try:
-        if not os.path.isdir(path):
-            if os.path.lexists(path):
-                raise Failure(f"{path}: mountpoint is not a directory", MOUNT_FAILED)
-            raise Failure(f"{path}: mountpoint does not exist (mkdir it first)", MOUNT_FAILED)
-        if os.path.ismount(path):
-            raise Failure(f"{path}: something is already mounted there "
-                          f"(dumpfs umount {path} first)", MOUNT_FAILED)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise Failure(f"{path}: mountpoint does not exist (mkdir it first)", MOUNT_FAILED) from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise Failure(f"{path}: a dead FUSE mount is still there "
-                          f"(dumpfs umount {path} first)", MOUNT_FAILED) from None
-        raise Failure(f"{path}: mountpoint: {exc.strerror}", MOUNT_FAILED) from None
+        if exc.errno != errno.ENOTCONN:
+            raise Failure(f"{path}: mountpoint: {exc.strerror}", MOUNT_FAILED) from None
+        if _mounted_at(path) != DUMPFS_FSTYPE:
+            raise Failure(f"{path}: a dead FUSE mount of another file system is there "
+                          f"(fusermount3 -uz {path} first)", MOUNT_FAILED) from None
+        _unmount(path, lazy=True)
+        log.debug("%s: detached the dead dumpfs mount left there", path)
+        return _check_mountpoint(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Failure(f"{path}: mountpoint is not a directory", MOUNT_FAILED)
+    if os.path.ismount(path):
+        raise Failure(f"{path}: something is already mounted there "
+                      f"(dumpfs umount {path} first)", MOUNT_FAILED)
     return os.path.abspath(path)
+
+
+# -o options dumpfs handles itself (libfuse's low-level API has no uid/gid/umask)
+OWN_OPTIONS = ("direct_io", "uid", "gid", "umask")
+
+
+def _mount_options(groups: list[str]) -> tuple[list[str], dict[str, object]]:
+    """(options for libfuse, dumpfs' own: direct_io, uid, gid, umask) from the -o arguments."""
+    fuse_options, own = [], {}
+    for option in (o.strip() for group in groups for o in group.split(",")):
+        key, _, value = option.partition("=")
+        if not option or key not in OWN_OPTIONS:
+            if option:
+                fuse_options.append(option)
+            continue
+        if key == "direct_io":
+            own[key] = True
+        elif not value:
+            raise Failure(f"-o {key} needs a value ({key}=...)", USAGE)
+        elif key == "umask":
+            try:
+                own[key] = int(value, 8) & 0o777
+            except ValueError:
+                raise Failure(f"-o umask={value}: not an octal mode such as 022", USAGE) from None
+        else:
+            own[key] = _user_or_group_id(key, value)
+    return fuse_options, own
+
+
+def _user_or_group_id(key: str, value: str) -> int:
+    import grp
+    import pwd
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid if key == "uid" else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise Failure(f"-o {key}={value}: no such {'user' if key == 'uid' else 'group'}",
+                      USAGE) from None
+
+
+def _dump_access(dump, own: dict):
+    """Who may read a dump's tree: its source's owner, group and read bits (all sources of a
+    multi-volume dump: the bits all of them grant), unless -o uid=/gid=/umask= say otherwise.
+    A source that cannot be stat-ed (not a local file) makes the tree owner-only."""
+    from dumpfs.tree import Access
+    stats = []
+    for name in dump.sources:
+        try:
+            stats.append(os.stat(name))
+        except (OSError, ValueError):
+            pass
+    read_bits = 0o400
+    if "umask" in own:
+        read_bits = 0o444 & ~own["umask"]
+    elif stats:
+        read_bits = 0o444
+        for st in stats:
+            read_bits &= st.st_mode
+    uid = own.get("uid", stats[0].st_uid if stats else os.getuid())
+    gid = own.get("gid", stats[0].st_gid if stats else os.getgid())
+    return Access(uid, gid, read_bits)
+
+
+def _fsname(paths: list[str]) -> str:
+    """What findmnt and df show as the source: the dump (libfuse splits options at commas)."""
+    name = paths[0] if paths else "dumpfs"
+    if len(paths) > 1:
+        name += f" (+{len(paths) - 1} more)"
+    name = name.encode("ascii", "replace").decode().replace("\\", "\\\\").replace(",", "\\,")
+    return "fsname=" + name
 
 
 def _unique_names(paths: list[str]) -> list[str]:
@@ -128,43 +207,58 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
-def _build_root(dumps: list, contexts: list, paths: list[str]):
-    from dumpfs.tree import Dir
+def _build_root(dumps: list, contexts: list, paths: list[str], own: dict | None = None):
+    """One dump's tree, or a folder of them; each with its source's Access.  The top folder
+    of several dumps lists only their names: it is readable by all, unless -o umask says not."""
+    from dumpfs.tree import Access, Dir
     from dumpfs.views import build_tree
+    own = own or {}
     if len(dumps) == 1:
-        return build_tree(dumps[0], contexts[0])
-    return Dir("", [build_tree(d, c, name)
-                    for d, c, name in zip(dumps, contexts, _unique_names(paths))])
+        root = build_tree(dumps[0], contexts[0])
+        root.access = _dump_access(dumps[0], own)
+        return root
+    folders = []
+    for dump, context, name in zip(dumps, contexts, _unique_names(paths)):
+        folder = build_tree(dump, context, name)
+        folder.access = _dump_access(dump, own)
+        folders.append(folder)
+    return Dir("", folders, access=Access(own.get("uid", os.getuid()), own.get("gid", os.getgid()),
+                                          0o444 & ~own.get("umask", 0)))
+
+
+def _given_file(path: str) -> str:
+    """A file named on the command line, as an absolute path: the mount daemon changes its
+    directory to /, so a relative path must be resolved before it starts."""
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path}: file not found")
+    return os.path.abspath(path)
 
 
 def _symbol_source_options(parser) -> None:
-    parser.add_argument("--vmlinux", metavar="FILE",
-                        help="the dumped kernel's vmlinux: symbols and DWARF types for proc/")
-    parser.add_argument("--system-map", metavar="FILE",
+    parser.add_argument("--vmlinux", metavar="FILE", type=_given_file,
+                        help="the dumped kernel's vmlinux: symbols and types for proc/ "
+                             "(its .BTF, else its DWARF)")
+    parser.add_argument("--system-map", metavar="FILE", type=_given_file,
                         help="the dumped kernel's System.map: symbols")
-    parser.add_argument("--btf", metavar="FILE",
+    parser.add_argument("--btf", metavar="FILE", type=_given_file,
                         help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
 
 
 def _kernel_contexts(dumps: list, args) -> list:
     """Each dump's KernelContext, with the --vmlinux / --system-map / --btf files."""
     from dumpfs.kernel.context import KernelContext
-    for option in ("vmlinux", "system_map", "btf"):
-        path = getattr(args, option, None)
-        if path is not None and not os.path.isfile(path):
-            raise Failure(f"{path}: --{option.replace('_', '-')} file not found")
     return [KernelContext(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
             for dump in dumps]
 
 
 def cmd_mount(args) -> int:
-    options = [o.strip() for group in args.options for o in group.split(",") if o.strip()]
-    direct_io = "direct_io" in options      # ours, not libfuse's: bypass the page cache
-    options = [o for o in options if o != "direct_io"]
+    options, own = _mount_options(args.options)
+    direct_io = bool(own.get("direct_io"))  # ours, not libfuse's: bypass the page cache
     dumps = _open_all(args.sources, args.partial)
     mountpoint = _check_mountpoint(args.mountpoint)
     contexts = _kernel_contexts(dumps, args)
-    root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps])
+    root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps], own)
+    options.append(_fsname([os.path.abspath(p) for p in args.sources]))
 
     from dumpfs import fuse
     if args.foreground:
@@ -173,6 +267,7 @@ def cmd_mount(args) -> int:
         except fuse.MountError as exc:
             raise Failure(f"{mountpoint}: cannot mount: {exc}", MOUNT_FAILED) from None
         log.debug("mounted %s on %s", ", ".join(args.sources), mountpoint)
+        _notify_systemd(f"READY=1\nSTATUS=serving {', '.join(args.sources)} on {mountpoint}")
         fuse.serve(ops)
         return OK
 
@@ -216,6 +311,23 @@ def cmd_mount(args) -> int:
         os._exit(code)
 
 
+def _notify_systemd(state: str) -> None:
+    """sd_notify(3) for a Type=notify unit: tell systemd the tree is mounted, so units
+    ordered after this one find files there.  Nothing happens outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    import socket
+    if address.startswith("@"):
+        address = "\0" + address[1:]       # abstract socket namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", address, exc)
+
+
 def _detach_stdio() -> None:
     """Daemon: stdio to /dev/null, warnings to syslog (when there is one)."""
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -234,8 +346,11 @@ def _detach_stdio() -> None:
 
 # -- umount ------------------------------------------------------------
 
+DUMPFS_FSTYPE = "fuse.dumpfs"
+
+
 def _mounted_at(path: str) -> str | None:
-    """The filesystem type mounted exactly at `path`, from /proc/self/mounts."""
+    """The filesystem type mounted exactly at `path` (the newest), from /proc/self/mounts."""
     target = os.path.abspath(path)
     found = None
     with open("/proc/self/mounts") as f:
@@ -246,21 +361,32 @@ def _mounted_at(path: str) -> str | None:
     return found
 
 
-def cmd_umount(args) -> int:
-    path = args.mountpoint
-    if _mounted_at(path) is None:
-        raise Failure(f"{path}: not mounted", MOUNT_FAILED)
+def _unmount(path: str, lazy: bool = False) -> None:
+    """fusermount3 -u (-z: detach even if busy or dead), else umount (-l)."""
     errors = []
-    for command in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
+    for command in (["fusermount3", "-uz" if lazy else "-u", path],
+                    ["fusermount", "-uz" if lazy else "-u", path],
+                    ["umount", "-l", path] if lazy else ["umount", path]):
         if shutil.which(command[0]) is None:
             continue
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode == 0:
-            return OK
+            return
         errors.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
                       else f"{command[0]} failed")
     raise Failure(f"{path}: cannot unmount: {errors[-1] if errors else 'no fusermount3 or umount'}",
                   MOUNT_FAILED)
+
+
+def cmd_umount(args) -> int:
+    path = args.mountpoint
+    fstype = _mounted_at(path)
+    if fstype is None:
+        raise Failure(f"{path}: not mounted", MOUNT_FAILED)
+    if fstype != DUMPFS_FSTYPE:
+        raise Failure(f"{path}: not a dumpfs mount ({fstype}); not unmounting it", MOUNT_FAILED)
+    _unmount(path, lazy=args.lazy)
+    return OK
 
 
 # -- info --------------------------------------------------------------
@@ -288,13 +414,12 @@ def cmd_info(args) -> int:
 # -- check -------------------------------------------------------------
 
 def cmd_check(args) -> int:
-    import stat as stat_
     from dumpfs.backends import devcheck
     try:
         mode = os.stat(args.device).st_mode
     except OSError as exc:
         raise Failure(f"{args.device}: {exc.strerror}") from None
-    if not stat_.S_ISBLK(mode) and not stat_.S_ISREG(mode):
+    if not stat.S_ISBLK(mode) and not stat.S_ISREG(mode):
         raise Failure(f"{args.device}: not a disk or disk image (a tape's dump tool cannot be "
                       f"checked; use `dumpfs info`)", USAGE)
     report, name = devcheck.check(args.device)
@@ -326,6 +451,7 @@ def cmd_convert(args) -> int:
             _copy(vmcore, size, sys.stdout.buffer, progress, "-")
             sys.stdout.buffer.flush()
             return OK
+        _check_output(args.output, args.sources, args.force)
         tmp = args.output + ".tmp"
         try:
             out = open(tmp, "wb")
@@ -344,6 +470,25 @@ def cmd_convert(args) -> int:
     finally:
         dump.close()
     return OK
+
+
+def _check_output(output: str, sources: list[str], force: bool) -> None:
+    """convert never writes over one of its sources, nor over an existing file without --force."""
+    try:
+        out = os.stat(output)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise Failure(f"{output}: cannot write: {exc.strerror}", OUTPUT_FAILED) from None
+    for source in sources:
+        try:
+            if os.path.samestat(out, os.stat(source)):
+                raise Failure(f"{output}: is the source {source}; write the conversion elsewhere",
+                              OUTPUT_FAILED)
+        except OSError:
+            continue
+    if not force:
+        raise Failure(f"{output}: exists (--force replaces it)", OUTPUT_FAILED)
 
 
 def _copy(vmcore, size: int, out, progress: bool, name: str) -> None:
@@ -428,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unmount a dumpfs mount",
                        description="Unmount (fusermount3 -u, else umount); the daemon exits.",
                        epilog="example:\n  dumpfs umount /mnt/dump\n\n" + EXIT_CODES)
+    p.add_argument("-l", "--lazy", action="store_true",
+                   help="detach now even if files are open (or the daemon is dead)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
 
@@ -477,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true",
                    help="progress bar on stderr even when it is not a terminal")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=cmd_convert)
     return parser
 

@@ -28,7 +28,7 @@ import trio
 
 from dumpfs.errors import MemoryUnavailable
 from dumpfs.model import WouldBlock, without_waiting
-from dumpfs.tree import Dir, Node
+from dumpfs.tree import Access, Dir, Node
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ def mount_options(extra: Iterable[str] = ()) -> set[str]:
         option = option.strip()
         if not option or option in ("rw",):
             continue
-        if option.startswith(("fsname=", "subtype=")):
-            options = {o for o in options if not o.startswith(option.split("=")[0] + "=")}
+        if option.startswith("subtype="):
+            continue            # fuse.dumpfs is how `dumpfs umount` and recovery know our mounts
+        if option.startswith("fsname="):
+            options = {o for o in options if not o.startswith("fsname=")}
         options.add(option)
     return options
 
@@ -109,7 +111,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._logged: set[tuple] = set()
         self._mount_time_ns = time.time_ns()
-        self._uid, self._gid = os.getuid(), os.getgid()
+        self._default_access = Access(os.getuid(), os.getgid(), 0o444)
+        self._access: dict[int, Access] = {pyfuse3.ROOT_INODE: root.access or self._default_access}
         self.after_init: Callable[[], None] | None = None   # run once, on the first request
 
     # -- helpers ---------------------------------------------------------
@@ -140,6 +143,18 @@ class Operations(pyfuse3.Operations):
         kind = "" if isinstance(exc, (OSError, MemoryUnavailable)) else f"{type(exc).__name__}: "
         log.debug("%s%r -> %s: %s%s", op, args[:1], errno.errorcode.get(code, code), kind, exc)
 
+    def _inherit_access(self, parent: Node, child: Node) -> None:
+        """A child has its parent's Access unless it is a folder with its own."""
+        own = child.access if isinstance(child, Dir) else None
+        self._access.setdefault(self.inode_of(child),
+                                own or self._access.get(self.inode_of(parent), self._default_access))
+
+    def _owner_and_mode(self, node: Node) -> tuple[int, int, int]:
+        access = self._access.get(self.inode_of(node), self._default_access)
+        if isinstance(node, Dir):
+            return access.uid, access.gid, stat.S_IFDIR | access.dir_mode
+        return access.uid, access.gid, stat.S_IFREG | access.file_mode
+
     def _make_attr(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes of `node`; may compute a lazy File.size, so call it in a worker thread."""
         attr = pyfuse3.EntryAttributes()
@@ -147,15 +162,12 @@ class Operations(pyfuse3.Operations):
         attr.generation = 0
         attr.entry_timeout = FOREVER
         attr.attr_timeout = FOREVER
-        attr.st_uid = self._uid
-        attr.st_gid = self._gid
+        attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
         attr.st_blksize = BLOCK_SIZE
         if isinstance(node, Dir):
-            attr.st_mode = stat.S_IFDIR | 0o555
             attr.st_nlink = 2
             attr.st_size = 0
         else:
-            attr.st_mode = stat.S_IFREG | 0o444
             attr.st_nlink = 1
             attr.st_size = node.size
         attr.st_blocks = (attr.st_size + 511) // 512
@@ -169,7 +181,7 @@ class Operations(pyfuse3.Operations):
         so the next lookup or stat asks again and gets the error."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inode_of(node)
-        attr.st_mode = (stat.S_IFDIR | 0o555) if isinstance(node, Dir) else (stat.S_IFREG | 0o444)
+        attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
         attr.st_nlink = 1
         attr.entry_timeout = attr.attr_timeout = 0
         self._nodes[attr.st_ino] = node
@@ -200,6 +212,7 @@ class Operations(pyfuse3.Operations):
         node = await self._blocking(parent.lookup, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        self._inherit_access(parent, node)
         return await self._attr(node)
 
     @_guard
@@ -218,6 +231,8 @@ class Operations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = [(os.fsencode(name), child) for name, child in children]
+        for _, child in children:
+            self._inherit_access(node, child)
         return fh
 
     @_guard

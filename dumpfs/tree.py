@@ -10,7 +10,30 @@ from __future__ import annotations
 import errno
 import itertools
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterable
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may read a subtree: an owner, a group and read bits (0o444 at most).
+
+    A dump's tree gets its source's owner, group and read bits, so a dump only
+    root may read stays root-only however it is mounted.  Directories get the
+    search bit wherever they have the read bit.
+    """
+
+    uid: int
+    gid: int
+    read_bits: int
+
+    @property
+    def file_mode(self) -> int:
+        return self.read_bits & 0o444
+
+    @property
+    def dir_mode(self) -> int:
+        return self.file_mode | (self.file_mode >> 2)
 
 
 class Node:
@@ -82,8 +105,10 @@ class File(Node):
 
 class Dir(Node):
     def __init__(self, name: str, children: Iterable[Node] | Callable[[], Iterable[Node]] = (),
-                 mtime: float | None = None):
+                 mtime: float | None = None, access: Access | None = None):
         super().__init__(name)
+        self.access = access
+        """Applies to this directory and everything below it, unless a subfolder has its own."""
         self._factory = children if callable(children) else None
         self._children: dict[str, Node] | None = None if callable(children) else {
             c.name: c for c in children}
