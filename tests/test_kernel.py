@@ -16,6 +16,7 @@ from conftest import time_limit
 from dumpfs.arch import x86_64
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import KernelUnavailable, kernel_context
+from dumpfs.kernel.kallsyms import decode, find_tables, known_symbols, tables_from_vmcoreinfo
 from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
                                    kaslr_offset, kernel_symbols)
@@ -27,8 +28,14 @@ from dumpfs.model import (Cpu, Dump, DumpMeta, Memory, MemoryChunk, MemoryUnavai
 from dumpfs.views import build_tree
 
 FULL_DUMPS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
-              ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz")]
-KALLSYMS_ALL = ["x86_64-custom", "x86_64-debian", "s390x-custom"]
+              ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz"),
+              ("x86_64-debian11", "qemu-elf.vmcore.xz")]
+KALLSYMS_ALL = ["x86_64-custom", "x86_64-debian", "s390x-custom", "x86_64-debian11"]
+# kernels whose VMCOREINFO lists the kallsyms tables (6.0+): one dump of each
+VMCOREINFO_KALLSYMS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
+                       ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz"),
+                       ("x86_64-debian-kdump", "kdump-mkdf-zlib-d31.kdump.xz"),
+                       ("x86_64-debian-many", "mkdf-raw-d31.kdump.xz")]
 CUSTOM = ["x86_64-custom", "s390x-custom"]
 
 
@@ -273,6 +280,29 @@ def test_kallsyms_in_memory_equals_proc_kallsyms(folder):
         for symbol, address in fc.truth(folder)["symbols"].items():
             if symbol in table:
                 assert table.address(symbol) == address
+
+
+@pytest.mark.parametrize("folder,name", VMCOREINFO_KALLSYMS)
+def test_scanned_kallsyms_equal_the_vmcoreinfo_route(folder, name):
+    """The image scan finds the very tables VMCOREINFO lists, and decodes them symbol for symbol."""
+    dump = dump_of(folder, name)
+    kmem = kernel_context(dump).memory
+    listed = tables_from_vmcoreinfo(dump.vmcoreinfo)
+    with time_limit(30):
+        scanned, symbols = find_tables(kmem, dump.vmcoreinfo)
+    for table in ("num_syms", "names", "token_table", "token_index", "offsets", "relative_base"):
+        assert getattr(scanned, table) == getattr(listed, table), table
+    assert scanned.addresses is None and listed.addresses is None
+    assert symbols == decode(kmem, listed, known_symbols(dump.vmcoreinfo))
+
+
+def test_kallsyms_of_a_kernel_whose_vmcoreinfo_lists_none_are_found_in_the_image():
+    dump = first_dump("x86_64-debian11")
+    assert dump.vmcoreinfo.symbol("kallsyms_names") is None
+    table = kernel_context(dump).symbols
+    assert any(s.startswith("kallsyms in memory (found in the kernel image") for s in table.sources)
+    for symbol in ("__start_BTF", "__stop_BTF", "init_task", "linux_banner", "_stext"):
+        assert table.address(symbol) == fc.truth("x86_64-debian11")["symbols"][symbol], symbol
 
 
 def _unique(symbols) -> dict[str, int]:
