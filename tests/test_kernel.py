@@ -305,6 +305,45 @@ def test_kallsyms_of_a_kernel_whose_vmcoreinfo_lists_none_are_found_in_the_image
         assert table.address(symbol) == fc.truth("x86_64-debian11")["symbols"][symbol], symbol
 
 
+@pytest.mark.parametrize("folder", ["x86_64-debian11", "x86_64-custom", "s390x-custom", "x86_64-debian"])
+def test_btf_found_in_the_image_is_the_one_between_start_and_stop_btf(folder):
+    from dumpfs.kernel.btf import find_btf
+    from dumpfs.kernel.image import ImageWindow
+    dump = first_dump(folder)
+    kmem = kernel_context(dump).memory
+    symbols = fc.truth(folder)["symbols"]
+    address, types = find_btf(ImageWindow.of(kmem, dump.vmcoreinfo), kmem.prefix)
+    assert address == symbols["__start_BTF"]
+    assert len(types.blob) == symbols["__stop_BTF"] - symbols["__start_BTF"]
+
+
+def test_an_image_without_kallsyms_or_btf_says_which_step_failed():
+    """Random memory where VMCOREINFO places the image: kallsyms not found, no BTF in the
+    image; both scans stay bounded even with token-table look-alikes planted everywhere."""
+    from dumpfs.kernel.btf import BtfError, btf_from_memory
+    from dumpfs.kernel.kallsyms import DIGIT_TOKENS
+    rng = random.Random(8)
+    memory = bytearray(rng.randbytes(8 << 20))
+    for offset in range(0, len(memory) - 64, 4096):
+        memory[offset:offset + len(DIGIT_TOKENS)] = DIGIT_TOKENS
+        struct.pack_into("<HBBI", memory, offset + 2048, 0xEB9F, 1, 0, 24)
+    raw = bytes(memory)
+    info = VmcoreInfo(b"OSRELEASE=5.10.0\nSYMBOL(_stext)=1000\nSYMBOL(init_uts_ns)=7ff000\n")
+    dump = Dump(arch=x86_64.ARCH, page_size=4096,
+                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=info)
+    kmem = KernelMemory(dump, IdentitySpace())
+    with time_limit(60):
+        table = kernel_symbols(dump, kmem)
+        problem = next(p for p in table.problems if p.startswith("kallsyms: "))
+        assert "not found" in problem and "no kallsyms tables in the kernel image (0x1000-0x7ff000" in problem
+        with pytest.raises(BtfError) as caught:
+            btf_from_memory(kmem, table, info)
+    message = str(caught.value)
+    assert message.startswith("no BTF in the kernel image (0x1000-0x7ff000 searched; kallsyms not found (")
+    assert "CONFIG_" not in message
+
+
 def _unique(symbols) -> dict[str, int]:
     seen: dict[str, list[int]] = {}
     for s in symbols:

@@ -81,6 +81,11 @@ class SymbolTable:
         symbol = self._by_name.get(name)
         return symbol.address if symbol is not None else None
 
+    def why_absent(self, name: str) -> str:
+        """Why `name` has no address: kallsyms was not found (and why), or no source lists it."""
+        kallsyms = next((p[len("kallsyms: "):] for p in self.problems if p.startswith("kallsyms: ")), None)
+        return f"kallsyms not found ({kallsyms})" if kallsyms else f"the kernel's symbols have no {name}"
+
     def sorted(self) -> list[Symbol]:
         if self._sorted is None:
             self._sorted = sorted(self.symbols, key=lambda s: (s.address, s.name))

@@ -20,6 +20,8 @@ def kernel_types(context):
     from dumpfs.kernel.context import KernelUnavailable
     notes: list[str] = []
     reasons: list[str] = []
+    if context.btf is None and context.vmlinux is None:
+        reasons.append("no --btf or --vmlinux given")
     if context.btf is not None:
         try:
             types = btf_from_file(context.btf)
@@ -53,7 +55,7 @@ def kernel_types(context):
             reasons.append(f"--vmlinux: {exc}")
     try:
         kmem, symbols = context.memory, context.symbols
-        types = btf_from_memory(kmem, symbols)
+        types = btf_from_memory(kmem, symbols, context.dump.vmcoreinfo)
         notes.extend(f"not used: {r}" for r in reasons)
         notes.append(types.source)
         return types, notes, None
