@@ -13,10 +13,11 @@ import pytest
 
 import fixturecache as fc
 from conftest import time_limit
-from dumpfs.arch import x86_64
+from dumpfs.arch import s390x, x86_64
 from dumpfs.backends import open_dump
 from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.kernel.kallsyms import decode, find_tables, known_symbols, tables_from_vmcoreinfo
+from dumpfs.kernel.kallsyms import (decode, find_tables, known_symbols, split_names,
+                                   tables_from_vmcoreinfo)
 from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
                                    kaslr_offset, kernel_symbols)
@@ -294,6 +295,79 @@ def test_scanned_kallsyms_equal_the_vmcoreinfo_route(folder, name):
         assert getattr(scanned, table) == getattr(listed, table), table
     assert scanned.addresses is None and listed.addresses is None
     assert symbols == decode(kmem, listed, known_symbols(dump.vmcoreinfo))
+
+
+@lru_cache(maxsize=None)
+def real_kallsyms_parts(folder: str = "x86_64-custom"):
+    """A real kernel's tables as values: (count, names, token table, token index, offsets,
+    relative base, symbols, VMCOREINFO symbols)."""
+    dump = first_dump(folder)
+    kmem, info = kernel_context(dump).memory, dump.vmcoreinfo
+    tables = tables_from_vmcoreinfo(info)
+    count = kmem.read_u32(tables.num_syms)
+    token_index = kmem.array("H", tables.token_index, 256)
+    token_table = kmem.read(tables.token_table, tables.token_index - tables.token_table)
+    names = kmem.read(tables.names, tables.token_table - tables.names)
+    spans = split_names(names, count)
+    names = names[:spans[-1][0] + spans[-1][1]]
+    offsets = kmem.array("i", tables.offsets, count)
+    base = kmem.read_u64(tables.relative_base)
+    known = known_symbols(info)
+    return (count, names, token_table, token_index, offsets, base, decode(kmem, tables, known),
+            {n: known[n] for n in ("_stext", "init_uts_ns", "node_online_map", "prb")})
+
+
+# table layouts of scripts/kallsyms.c through the versions: (label, order, unsigned long counts)
+KALLSYMS_LAYOUTS = [
+    ("4.6-4.19", ["offsets", "relative_base", "num_syms", "names", "markers", "token_table",
+                  "token_index"], True),
+    ("4.0-4.5", ["addresses", "num_syms", "names", "markers", "token_table", "token_index"], True),
+    ("4.20-6.1", ["offsets", "relative_base", "num_syms", "names", "markers", "token_table",
+                  "token_index"], False),
+    ("6.2-6.3", ["offsets", "relative_base", "num_syms", "names", "markers", "seqs_of_names",
+                 "token_table", "token_index"], False),
+    ("6.4+", ["num_syms", "names", "markers", "token_table", "token_index", "offsets",
+              "relative_base", "seqs_of_names"], False),
+]
+
+
+@pytest.mark.parametrize("arch", [x86_64.ARCH, s390x.ARCH], ids=["little", "big"])
+@pytest.mark.parametrize("label,order,long_counts", KALLSYMS_LAYOUTS, ids=[l[0] for l in KALLSYMS_LAYOUTS])
+def test_kallsyms_scan_finds_every_table_layout(label, order, long_counts, arch):
+    """A real kernel's tables laid out as each kernel version does, in either byte order."""
+    count, names, token_table, token_index, offsets, base, symbols, known = real_kallsyms_parts()
+    p = arch.struct_prefix
+    word = "Q" if long_counts else "I"
+    spans = split_names(names, count)
+    markers = [spans[k][0] - 1 for k in range(0, count, 256)]
+    addresses = {s[0]: s[1] for s in symbols}
+    parts = {
+        "offsets": struct.pack(f"{p}{count}i", *offsets),
+        "relative_base": struct.pack(p + "Q", base),
+        "addresses": struct.pack(f"{p}{count}Q", *[s[1] for s in symbols]),
+        "num_syms": struct.pack(p + word, count),
+        "names": names,
+        "markers": struct.pack(f"{p}{len(markers)}{word}", *markers),
+        "seqs_of_names": b"".join(i.to_bytes(3, "big") for i in range(count)),
+        "token_table": token_table,
+        "token_index": struct.pack(f"{p}256H", *token_index),
+    }
+    stext, high = known["_stext"], known["init_uts_ns"]
+    image = bytearray(high - stext + 4096)
+    at = (high - stext) // 2 - len(names)          # somewhere in .rodata
+    for part in order:
+        at = (at + 7) & ~7
+        image[at:at + len(parts[part])] = parts[part]
+        at += len(parts[part])
+    raw = bytes(image)
+    info = VmcoreInfo("".join(f"SYMBOL({n})={a:x}\n" for n, a in known.items()).encode())
+    dump = Dump(arch=arch, page_size=4096,
+                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
+                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=info)
+    with time_limit(60):
+        _tables, found = find_tables(KernelMemory(dump, IdentitySpace(stext)), info)
+    assert found == symbols
+    assert all(addresses[n] == a for n, a in known.items() if n in addresses)
 
 
 def test_kallsyms_of_a_kernel_whose_vmcoreinfo_lists_none_are_found_in_the_image():
