@@ -20,8 +20,6 @@ def kernel_types(context):
     from dumpfs.kernel.context import KernelUnavailable
     notes: list[str] = []
     reasons: list[str] = []
-    if context.btf is None and context.vmlinux is None:
-        reasons.append("no --btf or --vmlinux given")
     if context.btf is not None:
         try:
             types = btf_from_file(context.btf)
@@ -63,5 +61,7 @@ def kernel_types(context):
         reasons.append(f"no BTF from the dump: {exc}")
     except BtfError as exc:
         reasons.append(str(exc))
+    if context.btf is None and context.vmlinux is None:
+        reasons.insert(0, "no --btf or --vmlinux given")
     reason = "processes need type information: " + "; ".join(reasons) + f" — {HINT}"
     return None, notes, reason
