@@ -13,11 +13,17 @@ import pytest
 
 import fixturecache as fc
 from conftest import time_limit
+from dumpfs.arch import s390x, x86_64
 from dumpfs.backends import open_dump
 from dumpfs.arch.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
-from dumpfs.errors import KernelUnavailable, LogUnavailable, MemoryUnavailable, TranslationError
+from dumpfs.errors import (BtfError, KernelUnavailable, LogUnavailable, MemoryUnavailable,
+                           TranslationError, Unavailable)
 from dumpfs.kernel.address_space import IdentitySpace, KernelMemory, TableCache, kernel_memory
+from dumpfs.kernel.btf import btf_from_memory, find_btf
 from dumpfs.kernel.context import KernelContext
+from dumpfs.kernel.image import ImageWindow
+from dumpfs.kernel.kallsyms import (DIGIT_TOKENS, decode, find_tables, known_symbols, split_names,
+                                   tables_from_vmcoreinfo)
 from dumpfs.kernel.printk import format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
                                    kaslr_offset, kernel_symbols)
@@ -26,8 +32,14 @@ from dumpfs.views import build_tree
 from synthetic import synthetic_dump, x86_64_prstatus
 
 FULL_DUMPS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
-              ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz")]
-KALLSYMS_ALL = ["x86_64-custom", "x86_64-debian", "s390x-custom"]
+              ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz"),
+              ("x86_64-debian11", "qemu-elf.vmcore.xz")]
+KALLSYMS_ALL = ["x86_64-custom", "x86_64-debian", "s390x-custom", "x86_64-debian11"]
+# kernels whose VMCOREINFO lists the kallsyms tables (6.0+): one dump of each
+VMCOREINFO_KALLSYMS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
+                       ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz"),
+                       ("x86_64-debian-kdump", "kdump-mkdf-zlib-d31.kdump.xz"),
+                       ("x86_64-debian-many", "mkdf-raw-d31.kdump.xz")]
 CUSTOM = ["x86_64-custom", "s390x-custom"]
 
 
@@ -279,6 +291,145 @@ def test_kallsyms_in_memory_equals_proc_kallsyms(folder):
         for symbol, address in fc.truth(folder)["symbols"].items():
             if symbol in table:
                 assert table.address(symbol) == address
+
+
+@pytest.mark.parametrize("folder,name", VMCOREINFO_KALLSYMS)
+def test_scanned_kallsyms_equal_the_vmcoreinfo_route(folder, name):
+    """The image scan finds the very tables VMCOREINFO lists, and decodes them symbol for symbol."""
+    dump = dump_of(folder, name)
+    kmem = kernel_context(dump).memory
+    listed = tables_from_vmcoreinfo(dump.vmcoreinfo)
+    with time_limit(30):
+        scanned, symbols = find_tables(kmem, dump.vmcoreinfo)
+    for table in ("num_syms", "names", "token_table", "token_index", "offsets", "relative_base"):
+        assert getattr(scanned, table) == getattr(listed, table), table
+    assert scanned.addresses is None and listed.addresses is None
+    assert symbols == decode(kmem, listed, known_symbols(dump.vmcoreinfo))
+
+
+@lru_cache(maxsize=None)
+def real_kallsyms_parts(folder: str = "x86_64-custom"):
+    """A real kernel's tables as values: (count, names, token table, token index, offsets,
+    relative base, symbols, VMCOREINFO symbols)."""
+    dump = first_dump(folder)
+    kmem, info = kernel_context(dump).memory, dump.vmcoreinfo
+    tables = tables_from_vmcoreinfo(info)
+    count = kmem.read_u32(tables.num_syms)
+    token_index = kmem.array("H", tables.token_index, 256)
+    token_table = kmem.read(tables.token_table, tables.token_index - tables.token_table)
+    names = kmem.read(tables.names, tables.token_table - tables.names)
+    spans = split_names(names, count)
+    names = names[:spans[-1][0] + spans[-1][1]]
+    offsets = kmem.array("i", tables.offsets, count)
+    base = kmem.read_u64(tables.relative_base)
+    known = known_symbols(info)
+    return (count, names, token_table, token_index, offsets, base, decode(kmem, tables, known),
+            {n: known[n] for n in ("_stext", "init_uts_ns", "node_online_map", "prb")})
+
+
+# table layouts of scripts/kallsyms.c through the versions: (label, order, unsigned long counts)
+KALLSYMS_LAYOUTS = [
+    ("4.6-4.19", ["offsets", "relative_base", "num_syms", "names", "markers", "token_table",
+                  "token_index"], True),
+    ("4.0-4.5", ["addresses", "num_syms", "names", "markers", "token_table", "token_index"], True),
+    ("4.20-6.1", ["offsets", "relative_base", "num_syms", "names", "markers", "token_table",
+                  "token_index"], False),
+    ("6.2-6.3", ["offsets", "relative_base", "num_syms", "names", "markers", "seqs_of_names",
+                 "token_table", "token_index"], False),
+    ("6.4+", ["num_syms", "names", "markers", "token_table", "token_index", "offsets",
+              "relative_base", "seqs_of_names"], False),
+]
+
+
+@pytest.mark.parametrize("arch", [x86_64.ARCH, s390x.ARCH], ids=["little", "big"])
+@pytest.mark.parametrize("label,order,long_counts", KALLSYMS_LAYOUTS, ids=[l[0] for l in KALLSYMS_LAYOUTS])
+def test_kallsyms_scan_finds_every_table_layout(label, order, long_counts, arch):
+    """A real kernel's tables laid out as each kernel version does, in either byte order."""
+    count, names, token_table, token_index, offsets, base, symbols, known = real_kallsyms_parts()
+    p = arch.struct_prefix
+    word = "Q" if long_counts else "I"
+    spans = split_names(names, count)
+    markers = [spans[k][0] - 1 for k in range(0, count, 256)]
+    addresses = {s[0]: s[1] for s in symbols}
+    parts = {
+        "offsets": struct.pack(f"{p}{count}i", *offsets),
+        "relative_base": struct.pack(p + "Q", base),
+        "addresses": struct.pack(f"{p}{count}Q", *[s[1] for s in symbols]),
+        "num_syms": struct.pack(p + word, count),
+        "names": names,
+        "markers": struct.pack(f"{p}{len(markers)}{word}", *markers),
+        "seqs_of_names": b"".join(i.to_bytes(3, "big") for i in range(count)),
+        "token_table": token_table,
+        "token_index": struct.pack(f"{p}256H", *token_index),
+    }
+    stext, high = known["_stext"], known["init_uts_ns"]
+    image = bytearray(high - stext + 4096)
+    at = (high - stext) // 2 - len(names)          # somewhere in .rodata
+    for part in order:
+        at = (at + 7) & ~7
+        image[at:at + len(parts[part])] = parts[part]
+        at += len(parts[part])
+    dump = synthetic_dump(arch=arch, memory={0: bytes(image)},
+                          vmcoreinfo="".join(f"SYMBOL({n})={a:x}\n" for n, a in known.items()).encode())
+    with time_limit(60):
+        _tables, found = find_tables(KernelMemory(dump, IdentitySpace(stext)), dump.vmcoreinfo)
+    assert found == symbols
+    assert all(addresses[n] == a for n, a in known.items() if n in addresses)
+
+
+def test_kallsyms_scan_of_many_token_tables_without_names_is_bounded():
+    """Real token tables planted all over a zeroed image: each is examined, none proven."""
+    _count, _names, token_table, token_index, _o, _b, _s, known = real_kallsyms_parts()
+    planted = token_table + bytes(-len(token_table) % 8) + struct.pack("<256H", *token_index)
+    image = bytearray(32 << 20)
+    for at in range(1 << 20, len(image) - len(planted), 1 << 20):
+        image[at:at + len(planted)] = planted
+    dump = synthetic_dump(memory={0: bytes(image)},
+                          vmcoreinfo=f"SYMBOL(_stext)=0\nSYMBOL(init_uts_ns)={len(image):x}\n".encode())
+    with time_limit(60):
+        with pytest.raises(Unavailable, match="8 token tables, none with names"):
+            find_tables(KernelMemory(dump, IdentitySpace()), dump.vmcoreinfo)
+
+
+def test_kallsyms_of_a_kernel_whose_vmcoreinfo_lists_none_are_found_in_the_image():
+    dump = first_dump("x86_64-debian11")
+    assert dump.vmcoreinfo.symbol("kallsyms_names") is None
+    table = kernel_context(dump).symbols
+    assert any(s.startswith("kallsyms in memory (found in the kernel image") for s in table.sources)
+    for symbol in ("__start_BTF", "__stop_BTF", "init_task", "linux_banner", "_stext"):
+        assert table.address(symbol) == fc.truth("x86_64-debian11")["symbols"][symbol], symbol
+
+
+@pytest.mark.parametrize("folder", ["x86_64-debian11", "x86_64-custom", "s390x-custom", "x86_64-debian"])
+def test_btf_found_in_the_image_is_the_one_between_start_and_stop_btf(folder):
+    dump = first_dump(folder)
+    kmem = kernel_context(dump).memory
+    symbols = fc.truth(folder)["symbols"]
+    address, types = find_btf(ImageWindow.of(kmem, dump.vmcoreinfo), kmem.prefix)
+    assert address == symbols["__start_BTF"]
+    assert len(types.blob) == symbols["__stop_BTF"] - symbols["__start_BTF"]
+
+
+def test_an_image_without_kallsyms_or_btf_says_which_step_failed():
+    """Random memory where VMCOREINFO places the image: kallsyms not found, no BTF in the
+    image; both scans stay bounded even with token-table look-alikes planted everywhere."""
+    rng = random.Random(8)
+    memory = bytearray(rng.randbytes(8 << 20))
+    for offset in range(0, len(memory) - 64, 4096):
+        memory[offset:offset + len(DIGIT_TOKENS)] = DIGIT_TOKENS
+        struct.pack_into("<HBBI", memory, offset + 2048, 0xEB9F, 1, 0, 24)
+    dump = synthetic_dump(memory={0: bytes(memory)},
+                          vmcoreinfo=b"OSRELEASE=5.10.0\nSYMBOL(_stext)=1000\nSYMBOL(init_uts_ns)=7ff000\n")
+    kmem = KernelMemory(dump, IdentitySpace())
+    with time_limit(60):
+        table = kernel_symbols(dump, kmem)
+        problem = next(p for p in table.problems if p.startswith("kallsyms: "))
+        assert "not found" in problem and "no kallsyms tables in the kernel image (0x1000-0x7ff000:" in problem
+        with pytest.raises(BtfError) as caught:
+            btf_from_memory(kmem, table, dump.vmcoreinfo)
+    message = str(caught.value)
+    assert message.startswith("no BTF in the kernel image (0x1000-0x7ff000 searched; kallsyms not found (")
+    assert "CONFIG_" not in message
 
 
 def _unique(symbols) -> dict[str, int]:

@@ -8,7 +8,8 @@
 One pass over the type section records where each type starts and indexes
 the named structs, unions and enums; a struct's members are read when first
 asked for.  The blob comes from the dump (`__start_BTF`..`__stop_BTF`, read
-through the kernel's page tables) or from a file (/sys/kernel/btf/vmlinux,
+through the kernel's page tables, or where no symbol places it the BTF header
+found by a scan of the kernel image) or from a file (/sys/kernel/btf/vmlinux,
 or a vmlinux's .BTF section).
 """
 
@@ -18,7 +19,8 @@ import struct
 
 from elftools.elf.elffile import ELFFile
 
-from dumpfs.errors import BtfError, MemoryUnavailable
+from dumpfs.errors import BtfError, KernelUnavailable, MemoryUnavailable
+from dumpfs.kernel.image import ImageWindow
 from dumpfs.kernel.types import StructLayout, Types, flatten_into
 
 BTF_MAGIC = 0xEB9F
@@ -41,6 +43,17 @@ def _extra_size(kind: int, vlen: int) -> int:
     if kind in (KIND_ENUM, KIND_FUNC_PROTO):
         return 8 * vlen
     return 0
+
+
+def blob_size(header: bytes, prefix: str) -> int | None:
+    """Bytes a BTF blob spans by its header (struct btf_header), None unless the header
+    adds up: version 1, types before strings, at most MAX_BTF."""
+    _magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+        struct.unpack_from(prefix + "HBBIIIII", header)
+    size = hdr_len + max(type_off + type_len, str_off + str_len)
+    if version != 1 or not 24 <= hdr_len <= 256 or type_off + type_len > str_off or size > MAX_BTF:
+        return None
+    return size
 
 
 class BtfTypes(Types):
@@ -195,19 +208,51 @@ class BtfTypes(Types):
         return values
 
 
-def btf_from_memory(kmem, symbols) -> BtfTypes:
-    """The kernel's own BTF (CONFIG_DEBUG_INFO_BTF), between __start_BTF and __stop_BTF."""
+def btf_from_memory(kmem, symbols, info=None) -> BtfTypes:
+    """The kernel's own BTF (its .BTF section): between __start_BTF and __stop_BTF when
+    the symbols know them, else the BTF header found by a scan of the kernel image.
+    Failing, the message says which step failed: kallsyms not found, or no BTF in the image."""
     start, stop = symbols.address("__start_BTF"), symbols.address("__stop_BTF")
-    if start is None or stop is None:
-        raise BtfError("no BTF in this kernel's symbols (CONFIG_DEBUG_INFO_BTF off, or "
-                       "__start_BTF unknown without CONFIG_KALLSYMS_ALL)")
-    if not 24 <= stop - start <= MAX_BTF:
-        raise BtfError(f"__start_BTF..__stop_BTF spans an absurd {stop - start} bytes")
+    if start is not None and stop is not None:
+        if not 24 <= stop - start <= MAX_BTF:
+            raise BtfError(f"__start_BTF..__stop_BTF spans an absurd {stop - start} bytes")
+        try:
+            blob = kmem.read(start, stop - start)
+        except MemoryUnavailable as exc:
+            raise BtfError(f"BTF at {start:#x} unreadable: {exc}") from None
+        return BtfTypes(blob, f"BTF in the dump ({stop - start} bytes at {start:#x})")
+    why = symbols.why_absent("__start_BTF")
     try:
-        blob = kmem.read(start, stop - start)
-    except MemoryUnavailable as exc:
-        raise BtfError(f"BTF at {start:#x} unreadable: {exc}") from None
-    return BtfTypes(blob, f"BTF in the dump ({stop - start} bytes at {start:#x})")
+        window = ImageWindow.of(kmem, info)
+    except KernelUnavailable as exc:
+        raise BtfError(f"{why}, and the kernel image cannot be searched: {exc}") from None
+    found = find_btf(window, kmem.prefix)
+    if found is None:
+        raise BtfError(f"no BTF in the kernel image ({window} searched; {why})")
+    start, types = found
+    types.source = (f"BTF in the dump ({len(types.blob)} bytes at {start:#x}, found in the kernel "
+                    f"image: {why})")
+    return types
+
+
+def find_btf(window: ImageWindow, prefix: str) -> tuple[int, BtfTypes] | None:
+    """(address, types) of the first BTF blob in the window whose header adds up and whose
+    types parse and hold struct task_struct."""
+    magic = struct.pack(prefix + "HBB", BTF_MAGIC, 1, 0)
+    for address in window.find_all(magic, downward=False):
+        header = window.read(address, 24)
+        size = blob_size(header, prefix) if len(header) == 24 else None
+        blob = window.read(address, size) if size else b""
+        if not size or len(blob) < size:
+            continue
+        try:
+            types = BtfTypes(blob)
+            if not types.has_struct("task_struct"):
+                continue
+        except (BtfError, struct.error):
+            continue
+        return address, types
+    return None
 
 
 def btf_from_file(path) -> BtfTypes:

@@ -146,7 +146,7 @@ class KernelContext:
                     pass
             types, notes, reason = kernel_types(
                 self.dump, self.btf, self.vmlinux, release,
-                dump_btf=lambda: btf_from_memory(self.memory, self.symbols))
+                dump_btf=lambda: btf_from_memory(self.memory, self.symbols, self.dump.vmcoreinfo))
             self.notes.extend(f"types: {n}" for n in notes)
             if types is None:
                 self.notes.append(f"processes: {reason}")

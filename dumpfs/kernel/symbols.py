@@ -7,6 +7,7 @@ Sources, each a function returning a list of `Symbol`:
     from_vmlinux(path, off)       the ELF symbol table of a vmlinux (+ KASLR offset)
     from_kallsyms(kmem, info)     the kernel's own compressed kallsyms tables in memory,
                                   found through VMCOREINFO's SYMBOL(kallsyms_*) (6.0+)
+                                  or by a scan of the kernel image (dumpfs.kernel.kallsyms)
 
 `kernel_symbols(dump, kmem, ...)` merges them into a `SymbolTable` and says
 which sources were used and, for each one missing, why.
@@ -22,12 +23,11 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dumpfs.errors import BadFile, MemoryUnavailable, SymbolError
+from dumpfs.errors import BadFile, KernelUnavailable, SymbolError
 from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.kernel.image import vmcoreinfo_symbols
+from dumpfs.kernel.kallsyms import decode, find_tables, known_symbols, tables_from_vmcoreinfo
 from dumpfs.model import Dump, VmcoreInfo
-
-MAX_KALLSYMS = 4_000_000
-MAX_KALLSYMS_NAMES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,11 @@ class SymbolTable:
         symbol = self._by_name.get(name)
         return symbol.address if symbol is not None else None
 
+    def why_absent(self, name: str) -> str:
+        """Why `name` has no address: kallsyms was not found (and why), or no source lists it."""
+        kallsyms = next((p[len("kallsyms: "):] for p in self.problems if p.startswith("kallsyms: ")), None)
+        return f"kallsyms not found ({kallsyms})" if kallsyms else f"the kernel's symbols have no {name}"
+
     def sorted(self) -> list[Symbol]:
         if self._sorted is None:
             self._sorted = sorted(self.symbols, key=lambda s: (s.address, s.name))
@@ -113,14 +118,7 @@ def kaslr_offset(info: VmcoreInfo | None) -> int:
 
 
 def from_vmcoreinfo(info: VmcoreInfo) -> list[Symbol]:
-    out = []
-    for key, value in info.entries.items():
-        if key.startswith("SYMBOL(") and key.endswith(")"):
-            try:
-                out.append(Symbol(key[7:-1], int(value, 16)))
-            except ValueError:
-                continue
-    return out
+    return [Symbol(name, address) for name, address in vmcoreinfo_symbols(info).items()]
 
 
 def _relocator(offset: int, text_start: int | None):
@@ -216,72 +214,31 @@ def from_vmlinux(path, offset: int = 0) -> list[Symbol]:
     return [Symbol(name, relocate(value), letter) for name, value, letter in raw]
 
 
-def from_kallsyms(kmem: KernelMemory, info: VmcoreInfo | None) -> list[Symbol]:
-    """Decompress the kernel's kallsyms tables (kernel/kallsyms.c, 6.1 layout).
-
-    kallsyms_names: per symbol a length byte (two if the high bit is set) and
-    that many token indexes; kallsyms_token_index[256] (u16) points into
-    kallsyms_token_table (NUL-terminated tokens); the first character of the
-    expanded name is the type letter.  Addresses come from kallsyms_offsets
-    (s32, relative to kallsyms_relative_base; where the machine's kernel has
-    CONFIG_KALLSYMS_ABSOLUTE_PERCPU, `KernelArch.kallsyms_absolute_percpu`,
-    non-negative values are absolute per-CPU offsets) or kallsyms_addresses.
-    """
-    if info is None:
-        raise SymbolError("no VMCOREINFO to find the kallsyms tables with")
-    needed = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "kallsyms_token_index")
-    missing = [n for n in needed if info.symbol(n) is None]
-    if missing or (info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is None):
-        raise SymbolError("VMCOREINFO lacks SYMBOL(" + ", ".join(missing or ["kallsyms_offsets"]) +
-                          ") (kernels before 6.0 do not export them; a rodata scan is not implemented)")
-    sym = info.symbol
+def kallsyms_in_memory(kmem: KernelMemory, info: VmcoreInfo | None) -> tuple[list[Symbol], str]:
+    """The kernel's own kallsyms tables (see dumpfs.kernel.kallsyms) and where they were
+    found: through VMCOREINFO's SYMBOL(kallsyms_*) (6.0+), else by a scan of the image."""
     try:
-        num_syms = kmem.read_u32(sym("kallsyms_num_syms"))
-        if not 0 < num_syms <= MAX_KALLSYMS:
-            raise SymbolError(f"kallsyms_num_syms is absurd ({num_syms})")
-        token_index = kmem.array("H", sym("kallsyms_token_index"), 256)
-        table_addr = sym("kallsyms_token_table")
-        table_size = max(token_index) + 256
-        table = kmem.read(table_addr, table_size)
-        tokens = []
-        for start in token_index:
-            end = table.find(b"\0", start)
-            if end < 0:
-                raise SymbolError("kallsyms_token_table: a token runs past the table")
-            tokens.append(table[start:end])
-        names_addr = sym("kallsyms_names")
-        # the names end before kallsyms_markers, which precedes the token table
-        span = table_addr - names_addr if table_addr > names_addr else MAX_KALLSYMS_NAMES
-        names = kmem.read(names_addr, min(span, MAX_KALLSYMS_NAMES))
-        if sym("kallsyms_offsets") is not None:
-            offsets = kmem.array("i", sym("kallsyms_offsets"), num_syms)
-            base = kmem.read_u64(sym("kallsyms_relative_base"))
-            if kmem.dump.arch.kernel.kallsyms_absolute_percpu:
-                addresses = [o if o >= 0 else (base - 1 - o) % (1 << 64) for o in offsets]
-            else:
-                addresses = [(base + (o & 0xFFFFFFFF)) % (1 << 64) for o in offsets]
+        try:
+            tables = tables_from_vmcoreinfo(info)
+        except KernelUnavailable as not_listed:
+            if info is None:
+                raise
+            try:
+                tables, raw = find_tables(kmem, info)
+            except KernelUnavailable as exc:
+                raise KernelUnavailable(f"not found: {not_listed}; {exc}") from None
+            how = f"found in the kernel image at {tables.token_table:#x}"
         else:
-            addresses = kmem.array("Q", sym("kallsyms_addresses"), num_syms)
-    except MemoryUnavailable as exc:
-        raise SymbolError(f"kallsyms tables unreadable: {exc}") from None
-    out = []
-    pos = 0
-    for i in range(num_syms):
-        if pos >= len(names):
-            raise SymbolError(f"kallsyms_names ends after {i} of {num_syms} symbols")
-        length = names[pos]
-        pos += 1
-        if length & 0x80:                            # "big" symbol: 2-byte length
-            length = (length & 0x7F) | (names[pos] << 7)
-            pos += 1
-        if pos + length > len(names):
-            raise SymbolError(f"kallsyms_names: symbol {i} runs past the table")
-        expanded = b"".join(tokens[b] for b in names[pos:pos + length])
-        pos += length
-        if not expanded:
-            continue
-        out.append(Symbol(expanded[1:].decode("utf-8", "replace"), addresses[i], chr(expanded[0])))
-    return out
+            raw = decode(kmem, tables, known_symbols(info))
+            how = "listed in VMCOREINFO"
+    except KernelUnavailable as exc:
+        raise SymbolError(str(exc)) from None
+    return [Symbol(name, address, letter) for name, address, letter in raw], how
+
+
+def from_kallsyms(kmem: KernelMemory, info: VmcoreInfo | None) -> list[Symbol]:
+    """The kernel's own kallsyms symbols, wherever their tables were found."""
+    return kallsyms_in_memory(kmem, info)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -297,8 +254,8 @@ def kernel_symbols(dump: Dump, kmem: KernelMemory | None = None, system_map=None
     offset = kaslr_offset(info)
     if kmem is not None:
         try:
-            symbols = from_kallsyms(kmem, info)
-            table.add(symbols, f"kallsyms in memory: {len(symbols)} symbols")
+            symbols, how = kallsyms_in_memory(kmem, info)
+            table.add(symbols, f"kallsyms in memory ({how}): {len(symbols)} symbols")
         except SymbolError as exc:
             table.problems.append(f"kallsyms: {exc}")
     else:

@@ -100,8 +100,9 @@ class TaskWalker:
         self.prefix = kmem.prefix
         self.init_task = symbols.address("init_task")
         if self.init_task is None:
-            raise WalkError("no symbol init_task (the task list starts there): without "
-                            "CONFIG_KALLSYMS_ALL pass --system-map or --vmlinux")
+            raise WalkError(f"no symbol init_task (the task list starts there): "
+                            f"{symbols.why_absent('init_task')}; "
+                            "pass --system-map or --vmlinux")
         try:
             self.t = Offsets(types, "task_struct",
                              ("tasks", "pid", "tgid", "comm", "real_parent", "mm", "flags",

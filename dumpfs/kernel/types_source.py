@@ -28,6 +28,7 @@ def kernel_types(dump: Dump, btf=None, vmlinux=None, release: str | None = None,
     In order: the `btf` file, the `vmlinux`'s DWARF (its layout cache is keyed by
     `release`; refused when its build id is another kernel's), else `dump_btf()`, the
     kernel's own BTF (raising KernelUnavailable or BtfError), called only when needed.
+    The reason names every step that failed, and that no --btf or --vmlinux was given.
     """
     notes: list[str] = []
     reasons: list[str] = []
@@ -67,5 +68,7 @@ def kernel_types(dump: Dump, btf=None, vmlinux=None, release: str | None = None,
             reasons.append(str(exc))
         except KernelUnavailable as exc:
             reasons.append(f"no BTF from the dump: {exc}")
+    if btf is None and vmlinux is None:
+        reasons.insert(0, "no --btf or --vmlinux given")
     reason = "processes need type information: " + "; ".join(reasons) + f" — {HINT}"
     return None, notes, reason
