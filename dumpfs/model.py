@@ -13,12 +13,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from dumpfs.arch import Arch
 from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
 from dumpfs.extents import ExtentFile, Unreadable
+
+if TYPE_CHECKING:
+    from dumpfs.arch import Arch      # the arch modules build on Note: no import cycle at run time
 
 
 class WouldBlock(Exception):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from construct import Int16sb, Int16sl, Int32sb, Int32sl, Int64ub, Int64ul, Padding, Struct
 
-from dumpfs.arch import PR_REG_OFFSET
+from dumpfs.arch.machine import PR_REG_OFFSET
 
 if TYPE_CHECKING:
     from dumpfs.kernel.address_space import AddressSpace, KernelMemory, TableCache

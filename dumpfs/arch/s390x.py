@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from construct import Array, Bytes, Int32ub, Int64ub, Struct
 
-from dumpfs.arch import NT_PRFPREG, NT_PRSTATUS, PR_REG_OFFSET, Arch
+from dumpfs.arch.machine import NT_PRFPREG, NT_PRSTATUS, PR_REG_OFFSET, Arch
 from dumpfs.arch import s390x_dat as dat
 from dumpfs.arch.kernel_arch import KernelArch
 from dumpfs.arch.s390x_os_info import LOWCORE_SIZE  # noqa: F401 - the prefix area, for its users

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from construct import Array, Int32ul, Int64ul, Struct
 
-from dumpfs.arch import NT_PRSTATUS, PR_REG_OFFSET, Arch
+from dumpfs.arch.machine import NT_PRSTATUS, PR_REG_OFFSET, Arch
 from dumpfs.arch import x86_64_paging as paging
 from dumpfs.arch.kernel_arch import KernelArch
 from dumpfs.errors import KernelUnavailable, MemoryUnavailable
