@@ -83,15 +83,19 @@ class Types:
     def _enum(self, name: str) -> dict[str, int] | None:
         raise NotImplementedError
 
+    def _memo(self, table: dict, name: str, compute):
+        """table[name], computed once (None: the type does not exist), under the lock."""
+        with self._lock:
+            if name not in table:
+                table[name] = compute(name)
+            return table[name]
+
     # -- interface ----------------------------------------------------------
     def struct(self, name: str) -> StructLayout:
         name = strip_kind(name)
         if not name or "<" in name:
             raise TypeMissing(f"{self.source}: no struct {name or '(unnamed)'}")
-        with self._lock:
-            if name not in self._structs:
-                self._structs[name] = self._struct(name)
-            layout = self._structs[name]
+        layout = self._memo(self._structs, name, self._struct)
         if layout is None:
             raise TypeMissing(f"{self.source}: no struct {name}")
         return layout
@@ -135,10 +139,7 @@ class Types:
 
     def enum(self, name: str) -> dict[str, int]:
         name = name[5:] if name.startswith("enum ") else name
-        with self._lock:
-            if name not in self._enums:
-                self._enums[name] = self._enum(name)
-            values = self._enums[name]
+        values = self._memo(self._enums, name, self._enum)
         if values is None:
             raise TypeMissing(f"{self.source}: no enum {name}")
         return values
