@@ -81,9 +81,9 @@ print(json.dumps({"tasks": len(tasks), "source": types.source.split(" of ")[0].s
 """
 
 
-def measured(argv, env=None) -> dict:
+def measured(argv, env=None, cwd=None) -> dict:
     done = subprocess.run([sys.executable, "-c", MEASURE, *map(str, argv)], capture_output=True,
-                          text=True, env=env, timeout=1800)
+                          text=True, env=env, cwd=cwd, timeout=1800)
     result = json.loads(done.stdout)
     if result["returncode"] == 0:
         result.update(json.loads(result["stdout"].strip().splitlines()[-1]))
@@ -127,12 +127,18 @@ def main() -> int:
                 env = dict(os.environ, DUMPFS_CACHE_DIR=cache, PYTHONPATH=str(tree),
                            PYTHONDONTWRITEBYTECODE="1")
                 argv = [sys.executable, "-c", DUMPFS, dump, vmlinux, mode]
-                row[label] = measured(argv, env)
+                row[label] = measured(argv, env, cwd=tree)     # `-c` puts the cwd first
                 if mode == "auto":
-                    row["cached"] = measured(argv, env)
+                    row["cached"] = measured(argv, env, cwd=tree)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    print(table(rows, tree, any(through for folder, _name, through in CASES
+                                if not args.only or folder in args.only)))
+    return 0
 
+
+def table(rows: list[dict], tree: Path, through_mount: bool) -> str:
+    """The results as a Markdown section for bench/RESULTS.md."""
     lines = ["", "## Types from a distro debug vmlinux (bench/kernel_bench.py)", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, dumpfs from {tree}. "
              "Each figure is one subprocess: wall time and peak RSS (ru_maxrss). drgn: load the "
@@ -157,7 +163,7 @@ def main() -> int:
                 + f"| {label} | {r['source']} | {r['seconds']:.2f} | {r['maxrss_mib']:.0f} "
                 + (f"| {r['seconds'] / drgn['seconds']:.2f}× | {r['maxrss_mib'] / drgn['maxrss_mib']:.2f}× "
                    f"| {drgn['tasks']} / {r['tasks']} |" if ok else f"| – | – | – / {r['tasks']} |"))
-    if any(through for folder, _name, through in CASES if not args.only or folder in args.only):
+    if through_mount:
         lines.append("\n- drgn reads the s390x dump through a dumpfs mount's vmcore (it refuses "
                      "the QEMU ELF: no NT_AUXV); the FUSE daemon's work is not in drgn's RSS.")
     for row in rows:
@@ -166,8 +172,7 @@ def main() -> int:
     lines.append("\nRatios are dumpfs / drgn (lower is better for dumpfs); the target is at most "
                  "10× drgn's time and 1 GiB of peak RSS on the first use.  drgn counts every "
                  "thread, dumpfs the processes (thread-group leaders).")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,18 @@ AT_DECLARATION, AT_TYPE, AT_DATA_BIT_OFFSET, AT_STR_OFFSETS_BASE = 0x3C, 0x49, 0
  F_STRX1, F_STRX2, F_STRX3, F_STRX4, F_ADDRX1, F_ADDRX2, F_ADDRX3, F_ADDRX4) = range(0x01, 0x2D)
 F_GNU_ADDR_INDEX, F_GNU_STR_INDEX, F_GNU_REF_ALT, F_GNU_STRP_ALT = 0x1F01, 0x1F02, 0x1F20, 0x1F21
 
+_FIXED_SIZES = {
+    F_FLAG_PRESENT: 0, F_IMPLICIT_CONST: 0,
+    F_DATA1: 1, F_REF1: 1, F_FLAG: 1, F_STRX1: 1, F_ADDRX1: 1,
+    F_DATA2: 2, F_REF2: 2, F_STRX2: 2, F_ADDRX2: 2,
+    F_STRX3: 3, F_ADDRX3: 3,
+    F_DATA4: 4, F_REF4: 4, F_REF_SUP4: 4, F_STRX4: 4, F_ADDRX4: 4,
+    F_DATA8: 8, F_REF8: 8, F_REF_SIG8: 8, F_REF_SUP8: 8,
+    F_DATA16: 16,
+}
+_OFFSET_SIZED = frozenset((F_STRP, F_SEC_OFFSET, F_LINE_STRP, F_STRP_SUP, F_GNU_REF_ALT,
+                           F_GNU_STRP_ALT))
+
 UT_COMPILE, UT_TYPE, UT_PARTIAL, UT_SKELETON, UT_SPLIT_COMPILE, UT_SPLIT_TYPE = range(1, 7)
 MAX_DEPTH = 512
 
@@ -299,25 +311,16 @@ class DwarfInfo:
 
     @staticmethod
     def _fixed_size(unit: Unit, form: int) -> int | None:
-        if form in (F_FLAG_PRESENT, F_IMPLICIT_CONST):
-            return 0
-        if form in (F_DATA1, F_REF1, F_FLAG, F_STRX1, F_ADDRX1):
-            return 1
-        if form in (F_DATA2, F_REF2, F_STRX2, F_ADDRX2):
-            return 2
-        if form in (F_STRX3, F_ADDRX3):
-            return 3
-        if form in (F_DATA4, F_REF4, F_REF_SUP4, F_STRX4, F_ADDRX4):
-            return 4
-        if form in (F_DATA8, F_REF8, F_REF_SIG8, F_REF_SUP8):
-            return 8
-        if form == F_DATA16:
-            return 16
+        """The byte size of a form's value in this unit, None if it varies (LEBs, blocks,
+        inline strings, DW_FORM_indirect)."""
+        size = _FIXED_SIZES.get(form)
+        if size is not None:
+            return size
         if form == F_ADDR:
             return unit.address_size
         if form == F_REF_ADDR:
             return unit.address_size if unit.version == 2 else unit.offset_size
-        if form in (F_STRP, F_SEC_OFFSET, F_LINE_STRP, F_STRP_SUP, F_GNU_REF_ALT, F_GNU_STRP_ALT):
+        if form in _OFFSET_SIZED:
             return unit.offset_size
         return None
 
@@ -356,52 +359,42 @@ class DwarfInfo:
             return sleb(data, pos)
         if form == F_DATA8:
             return self._u64.unpack_from(data, pos)[0], pos + 8
-        if form == F_ADDR:
-            size = unit.address_size
-            return int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big"), \
-                pos + size
         if form == F_STRING:
             end = data.find(b"\0", pos)
             if end < 0:
                 raise BadFile("DWARF string runs past the end of the file")
             return data[pos:end].decode("utf-8", "replace"), end + 1
-        if form in (F_REF1, F_REF2, F_REF8, F_REF_UDATA):
-            if form == F_REF_UDATA:
-                value, pos = uleb(data, pos)
-            else:
-                size = {F_REF1: 1, F_REF2: 2, F_REF8: 8}[form]
-                value = int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big")
-                pos += size
-            return unit.offset + value, pos
-        if form == F_REF_ADDR:
+        if form in (F_REF1, F_REF2, F_REF8):
             size = self._fixed_size(unit, form)
-            return int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big"), \
-                pos + size
+            return unit.offset + self._unsigned(pos, size), pos + size
+        if form == F_REF_UDATA:
+            value, pos = uleb(data, pos)
+            return unit.offset + value, pos
         if form == F_REF_SIG8:
             return self._signature(self._u64.unpack_from(data, pos)[0]), pos + 8
-        if form in (F_STRX, F_STRX1, F_STRX2, F_STRX3, F_STRX4, F_GNU_STR_INDEX):
-            if form == F_STRX or form == F_GNU_STR_INDEX:
-                index, pos = uleb(data, pos)
-            else:
-                size = {F_STRX1: 1, F_STRX2: 2, F_STRX3: 3, F_STRX4: 4}[form]
-                index = int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big")
-                pos += size
+        if form == F_STRX or form == F_GNU_STR_INDEX:
+            index, pos = uleb(data, pos)
             return self._indexed_string(unit, index), pos
+        if form in (F_STRX1, F_STRX2, F_STRX3, F_STRX4):
+            size = self._fixed_size(unit, form)
+            return self._indexed_string(unit, self._unsigned(pos, size)), pos + size
         if form in (F_BLOCK1, F_BLOCK2, F_BLOCK4):
             size = {F_BLOCK1: 1, F_BLOCK2: 2, F_BLOCK4: 4}[form]
-            length = int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big")
+            length = self._unsigned(pos, size)
             pos += size
             return bytes(data[pos:pos + length]), pos + length
         if form in (F_ADDRX, F_LOCLISTX, F_RNGLISTX, F_GNU_ADDR_INDEX):
             return uleb(data, pos)
-        if form in (F_ADDRX1, F_ADDRX2, F_ADDRX3, F_ADDRX4, F_REF_SUP4, F_REF_SUP8, F_DATA16):
-            size = self._fixed_size(unit, form)
-            return int.from_bytes(data[pos:pos + size], "little" if self.endian == "<" else "big"), \
-                pos + size
+        size = self._fixed_size(unit, form)     # addresses, ref_addr, addrx1-4, ref_sup, data16
+        if size is not None:
+            return self._unsigned(pos, size), pos + size
         if form == F_INDIRECT:
             real, pos = uleb(data, pos)
             return self._form(unit, real, pos, const)
         raise BadFile(f"DWARF form {form:#x} unknown")
+
+    def _unsigned(self, pos: int, size: int) -> int:
+        return int.from_bytes(self.data[pos:pos + size], "little" if self.endian == "<" else "big")
 
     def _string(self, section: str, offset: int) -> str:
         if section not in self.sections:
@@ -491,31 +484,27 @@ class DwarfInfo:
             elif depth == 0:
                 return first, pos
 
-    def top_level(self, unit: Unit):
-        """(tag, offset) of each child of the unit's first DIE."""
-        top = self.die(unit.die_offset, unit)
-        if top is None or not top.has_children:
+    def _child_list(self, unit: Unit, die: "Die | None"):
+        """(abbreviation, offset) of each child of `die`, subtrees jumped over."""
+        if die is None or not die.has_children:
             return
-        pos, end = unit.base + top.end, unit.base + unit.end
-        while pos < end:
-            offset = pos - unit.base
-            abbrev, pos = self._skip(unit, pos)
-            if abbrev is None:
-                return
-            yield abbrev.tag, offset
-
-    def children(self, die: "Die"):
-        """The child DIEs of `die`."""
-        if not die.has_children:
-            return
-        unit = die.unit
         pos, end = unit.base + die.end, unit.base + unit.end
         while pos < end:
             offset = pos - unit.base
             abbrev, pos = self._skip(unit, pos)
             if abbrev is None:
                 return
-            yield self.die(offset, unit)
+            yield abbrev, offset
+
+    def top_level(self, unit: Unit):
+        """(tag, offset) of each child of the unit's first DIE."""
+        for abbrev, offset in self._child_list(unit, self.die(unit.die_offset, unit)):
+            yield abbrev.tag, offset
+
+    def children(self, die: "Die"):
+        """The child DIEs of `die`."""
+        for _abbrev, offset in self._child_list(die.unit, die):
+            yield self.die(offset, die.unit)
 
 
 class Die:
