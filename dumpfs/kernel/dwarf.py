@@ -302,7 +302,7 @@ class DwarfTypes(Types):
     def resolve_wanted(self) -> None:
         """Resolve every struct and enum the walkers use (absent ones recorded as such) with
         the file mapped once, then cache them all."""
-        with self._reading():
+        with self._lock, self._reading():       # Types' lock first, as struct() takes them
             for name in WANTED_STRUCTS:
                 self.has_struct(name)
             for name in WANTED_ENUMS:
