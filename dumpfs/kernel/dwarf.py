@@ -138,7 +138,7 @@ class DwarfTypes(Types):
     @staticmethod
     def _unit_order(info: dw.DwarfInfo) -> tuple[list, list]:
         """(hint units in HINT_UNITS order, at most MAX_EXTRA_UNITS others in file order)."""
-        units = [u for u in info.units() if u.unit_type in (dw.UT_COMPILE, dw.UT_PARTIAL)]
+        units = [u for u in info.units() if u.unit_type in (dw.UT_COMPILE, dw.UT_PARTIAL, dw.UT_TYPE)]
         named = [(info.unit_name(u), u) for u in units]
         hints = []
         for hint in HINT_UNITS:
