@@ -1,53 +1,148 @@
-"""Dump formats, detected by content in this order.
+"""Dump formats, detected by content in the order of REGISTRY, from header bytes only.
 
-Each backend module has `NAME`, `detect(source) -> bool` (cheap: magic bytes)
-and `open(source) -> Dump`.  Backends know about bytes and the model, never
-about FUSE or views.
+Each entry says what its backend recognises (magic bytes and where they
+are); the backend's module is imported only when one of them matches, and
+then its `detect(probe)` decides (dissect.target's lazy registry is the
+model).  Detection sees one `Probe`: the first and last bytes of the source,
+read once.  Device lookups (a partition's disk, the other volumes of a set)
+happen while opening, never while detecting.
+
+A backend module has `detect(probe) -> bool` and `open(source) -> Dump`; an
+entry with `partitions` also has `open_partition(partition, disk, start) ->
+Dump | None`, for a partition device that its disk's layout names as the
+dump partition; a dump tool's backend (s390mv, s390, scsi) has `check(source)`
+for `dumpfs check` (devcheck.py).  Backends know about bytes and the model,
+never about FUSE or views.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from types import ModuleType
 
-from dumpfs.model import Dump, DumpError, PageState
+from dumpfs.errors import DumpError, NoDump
+from dumpfs.model import Dump, PageState
+from dumpfs.s390dump import MAGIC_S390, MAGIC_S390_EXT
 from dumpfs.source import FileSource, Source
 
+from .probe import Probe
+from .sysblock import parent_disk
+
+S390 = MAGIC_S390.to_bytes(8, "big")
+S390_EXT = MAGIC_S390_EXT.to_bytes(8, "big")
+ZIPL = b"zIPL"
+TAPE_TOOL_HEAD = struct.pack(">QQ", 0x0008000080002018, 0x0700000060000001)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One dump format: where its magic is, and the module that confirms and opens it."""
+
+    name: str                               # module dumpfs.backends.<name>
+    recognises: str                         # for people
+    magics: tuple[tuple[int, bytes], ...]   # (offset, bytes): any one makes the format a candidate
+    partitions: bool = False                # opens a partition device through its disk's layout
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"dumpfs.backends.{self.name}")
+
+    def matches(self, probe: Probe) -> bool:
+        return any(probe.read(offset, len(magic)) == magic for offset, magic in self.magics) \
+            and self.module().detect(probe)
+
+
 # Detection order: most specific magic first.
-BACKENDS = [
-    "flattened",   # makedumpfile flattened stream around a kdump or ELF file
-    "kdump",       # kdump-compressed (makedumpfile, QEMU)
-    "vmdump",      # z/VM VMDUMP spool file (vmur rec)
-    "lkcd",        # LKCD v8 s390 (old zfcpdump files dump.N, vmconvert)
-    "scsi",        # SCSI dump disk (zfcpdump): zipl MBR, superblock, ELF in the partition
-    "s390mv",      # IBM Z multi-volume DASD dump (s390mv_ext): disk or member partition
-    "tape",        # IBM Z tape dump: tape device, tape image, AWSTAPE
-    "s390",        # IBM Z stand-alone dump (s390, s390_ext), image or DASD
-    "ngdump",      # NGDump partition: ext4 with ngdump.meta and an ELF dump file
-    "elf",         # ELF64 core (/proc/vmcore style)
+REGISTRY = [
+    Backend("flattened", "makedumpfile flattened stream around a kdump or ELF file",
+            ((0, b"makedumpfile\0\0\0\0"),)),
+    Backend("kdump", "kdump-compressed (makedumpfile, QEMU)", ((0, b"KDUMP   "),)),
+    Backend("vmdump", "z/VM VMDUMP spool file (vmur rec)", ((0x38, "VMDUMP  ".encode("cp500")),)),
+    Backend("lkcd", "LKCD v8 s390 (old zfcpdump files dump.N, vmconvert)",
+            ((0, 0xA8190173618F23ED.to_bytes(8, "big")),)),
+    Backend("scsi", "SCSI dump disk (zfcpdump): zipl MBR, superblock, ELF in the partition",
+            ((0, ZIPL), (0, b"zfcpdump busy\0")), partitions=True),
+    Backend("s390mv", "IBM Z multi-volume DASD dump (s390mv_ext): disk or member partition",
+            tuple((3 * size, b"XMULT64") for size in (512, 1024, 2048, 4096)) + ((0, S390_EXT),)),
+    Backend("tape", "IBM Z tape dump: tape image, AWSTAPE (a tape device: open_paths)",
+            ((0, S390), (0, S390_EXT), (0, TAPE_TOOL_HEAD), (6, TAPE_TOOL_HEAD),
+             (0, b"\x00\x10\x00\x00"))),        # AWSTAPE: a first block of 4 KiB, the dump header
+    Backend("s390", "IBM Z stand-alone dump (s390, s390_ext), image or DASD",
+            ((0, S390), (0, S390_EXT), (0x1000 + 92, ZIPL), (0x70, ZIPL), (0x200, S390_EXT))
+            + tuple((0, tool) for tool in (b"XECKD64", b"XDFBA64", b"XMULT64", b"ZECKD64", b"ZDFBA64")),
+            partitions=True),
+    Backend("ngdump", "NGDump partition: ext4 with ngdump.meta and an ELF dump file",
+            ((1024 + 0x38, b"\x53\xef"),)),
+    Backend("elf", "ELF64 core (/proc/vmcore style)", ((0, b"\x7fELF"),)),
 ]
+BACKENDS = [backend.name for backend in REGISTRY]
+BY_NAME = {backend.name: backend for backend in REGISTRY}
 
 
-def backend_modules():
-    for name in BACKENDS:
-        yield importlib.import_module(f"dumpfs.backends.{name}")
+def detect(source: Source) -> Backend | None:
+    """The first backend whose format `source` has, judged from its header bytes only."""
+    probe = Probe.of(source)
+    return next((backend for backend in REGISTRY if backend.matches(probe)), None)
 
 
-def open_source(source: Source) -> Dump:
+class _Disk:
+    """A partition device's whole disk, looked up (sysfs) and probed once, when first asked."""
+
+    def __init__(self, partition: Source):
+        self.partition = partition
+        self.looked_up = False
+        self.source: Source | None = None
+        self.start = 0
+        self.probe: Probe | None = None
+
+    def open(self) -> bool:
+        if not self.looked_up:
+            self.looked_up = True
+            parent = parent_disk(self.partition) if self.partition.is_block_device else None
+            if parent is not None:
+                try:
+                    self.source = FileSource(parent[0])
+                except DumpError:
+                    return False
+                self.start = parent[1]
+                self.probe = Probe.of(self.source)
+        return self.source is not None
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
+def open_source(source: Source, probe: Probe | None = None) -> Dump:
     """Detect the format of `source` and open it; DumpError names what is wrong."""
     if source.size == 0:
-        raise DumpError(f"{source.name}: empty file, not a dump")
-    for module in backend_modules():
-        if module.detect(source):
-            dump = module.open(source)
-            if source.name not in dump.sources:
-                dump.sources.append(source.name)
-            if source not in dump.resources:
-                dump.resources.append(source)
-            _complete_from_memory(dump)
-            return dump
-    head = source.read(0, 16)
-    raise DumpError(f"{source.name}: unknown dump format (first bytes {head[:8].hex(' ')}); "
-                    f"known formats: {', '.join(BACKENDS)}")
+        raise NoDump(f"{source.name}: empty file, not a dump")
+    probe = probe or Probe.of(source)
+    disk = _Disk(source)
+    try:
+        for backend in REGISTRY:
+            if backend.partitions and disk.open() and backend.matches(disk.probe):
+                dump = backend.module().open_partition(source, disk.source, disk.start)
+                if dump is not None:
+                    return _opened(dump, source)
+            if backend.matches(probe):
+                return _opened(backend.module().open(source), source)
+    finally:
+        disk.close()
+    raise NoDump(f"{source.name}: unknown dump format (first bytes {probe.head[:8].hex(' ')}); "
+                 f"known formats: {', '.join(BACKENDS)}")
+
+
+def _opened(dump: Dump, source: Source) -> Dump:
+    if source.name not in dump.sources:
+        dump.sources.append(source.name)
+    if source not in dump.resources:
+        dump.resources.append(source)
+    _complete_from_memory(dump)
+    return dump
 
 
 def _complete_from_memory(dump: Dump) -> None:
@@ -97,21 +192,23 @@ def open_sources(sources: list[Source], *, partial: bool = False) -> list[Dump]:
     multi-volume dump with volumes missing (their memory is MISSING).
     On failure every source is closed.
     """
-    from dumpfs.backends import s390mv
-
     dumps: list[Dump] = []
     try:
-        groups, rest = s390mv.group(sources)
+        probes = {id(source): Probe.of(source) for source in sources}
+        multi_volume = BY_NAME["s390mv"]
+        volumes = [s for s in sources if s.size and multi_volume.matches(probes[id(s)])]
+        groups, _rest = multi_volume.module().group(volumes) if volumes else ([], [])
         firsts = {id(g[0].source): g for g in groups}
+        grouped = {id(m.source) for g in groups for m in g}
         for source in sources:
             if id(source) in firsts:
                 members = firsts[id(source)]
                 search = any(m.source.is_block_device for m in members)
-                dump = s390mv.open_members(members, search=search, partial=partial)
+                dump = multi_volume.module().open_members(members, search=search, partial=partial)
                 _complete_from_memory(dump)
                 dumps.append(dump)
-            elif source in rest:
-                dumps.append(open_source(source))
+            elif id(source) not in grouped:
+                dumps.append(open_source(source, probes[id(source)]))
     except BaseException:
         for dump in dumps:
             dump.close()
@@ -149,7 +246,12 @@ def open_paths(paths: list[str], *, partial: bool = False) -> list[Dump]:
 
 def _tape_device(path: str) -> Dump | None:
     """A tape character device is no random-access Source: the tape backend reads it itself."""
-    from dumpfs.backends import tape
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    tape = BY_NAME["tape"].module()
     return tape.open_device(path) if tape.is_tape_device(path) else None
 
 

@@ -12,10 +12,9 @@ from dumpfs import arch as arches
 from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NOTE,
                         SHDR_INFO_OFFSET, Elf64Header, Ident)
 from dumpfs.elfnote import parse_notes, sort_notes
-from dumpfs.model import Dump, DumpError, DumpMeta, Memory, MemoryChunk, PageState
+from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
+from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
 from dumpfs.source import Source
-
-NAME = "elf"
 
 MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
 
@@ -29,56 +28,56 @@ def open(source: Source) -> Dump:
     head = source.read_exact(0, 64, "ELF header")
     ident = Ident.parse(head)
     if ident.ei_class != 2:
-        raise DumpError(f"{source.name}: 32-bit ELF; only ELF64 kernel dumps are supported")
+        raise Unsupported(f"{source.name}: 32-bit ELF; only ELF64 kernel dumps are supported")
     if ident.ei_data not in (1, 2):
-        raise DumpError(f"{source.name}: ELF header has invalid byte order {ident.ei_data}")
+        raise DamagedDump(f"{source.name}: ELF header has invalid byte order {ident.ei_data}")
     little = ident.ei_data == 1
     order = "<" if little else ">"
     ehdr = Elf64Header["little" if little else "big"].parse(head)
     if ehdr.e_type != ET_CORE:
-        raise DumpError(f"{source.name}: ELF file of type {ehdr.e_type}, not a core dump (ET_CORE)")
+        raise NoDump(f"{source.name}: ELF file of type {ehdr.e_type}, not a core dump (ET_CORE)")
     arch = arches.by_elf_machine(ehdr.e_machine)
     if arch is None:
-        raise DumpError(f"{source.name}: ELF machine {ehdr.e_machine} is not supported "
-                        f"(x86_64 and s390x are)")
+        raise Unsupported(f"{source.name}: ELF machine {ehdr.e_machine} is not supported "
+                          f"(x86_64 and s390x are)")
     if arch.byteorder != ("little" if little else "big"):
-        raise DumpError(f"{source.name}: {arch.name} core in the wrong byte order")
+        raise DamagedDump(f"{source.name}: {arch.name} core in the wrong byte order")
     if ehdr.e_phentsize != PHDR_SIZE:
-        raise DumpError(f"{source.name}: e_phentsize {ehdr.e_phentsize}, expected 56")
+        raise DamagedDump(f"{source.name}: e_phentsize {ehdr.e_phentsize}, expected 56")
 
     phnum = ehdr.e_phnum
     if phnum == PN_XNUM:
         if ehdr.e_shoff == 0:
-            raise DumpError(f"{source.name}: e_phnum is PN_XNUM but there is no section header 0")
+            raise DamagedDump(f"{source.name}: e_phnum is PN_XNUM but there is no section header 0")
         section0 = source.read_exact(ehdr.e_shoff, 64, "section header 0")
         phnum = struct.unpack_from(order + "I", section0, SHDR_INFO_OFFSET)[0]
     table_size = PHDR_SIZE * phnum
     if ehdr.e_phoff + table_size > source.size:
-        raise DumpError(f"{source.name}: truncated: {phnum} program headers at {ehdr.e_phoff:#x} "
-                        f"end past the file size {source.size:#x}")
+        raise DamagedDump(f"{source.name}: truncated: {phnum} program headers at {ehdr.e_phoff:#x} "
+                          f"end past the file size {source.size:#x}")
     table = source.read_exact(ehdr.e_phoff, table_size, "program headers")
 
     chunks: list[MemoryChunk] = []
     note_data = b""
-    problems: list[str] = []
+    problems: list[Problem] = []
     for p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align in \
             struct.iter_unpack(order + PHDR_FORMAT, table):
         if p_type == PT_NOTE:
             if p_filesz > MAX_NOTE_SEGMENT:
-                raise DumpError(f"{source.name}: PT_NOTE of {p_filesz} bytes is absurd")
+                raise DamagedDump(f"{source.name}: PT_NOTE of {p_filesz} bytes is absurd")
             note_data += source.read(p_offset, p_filesz)
             if p_offset + p_filesz > source.size:
-                problems.append("PT_NOTE extends past the end of the file")
+                problems.append(Problem("PT_NOTE extends past the end of the file"))
         elif p_type == PT_LOAD and p_memsz:
             if p_filesz > p_memsz:
-                raise DumpError(f"{source.name}: PT_LOAD at {p_paddr:#x} has p_filesz > p_memsz")
+                raise DamagedDump(f"{source.name}: PT_LOAD at {p_paddr:#x} has p_filesz > p_memsz")
             if p_paddr + p_memsz > 1 << 64:
-                raise DumpError(f"{source.name}: PT_LOAD at {p_paddr:#x} wraps past 2^64")
+                raise DamagedDump(f"{source.name}: PT_LOAD at {p_paddr:#x} wraps past 2^64")
             present = p_filesz
             if p_offset + p_filesz > source.size:
                 present = max(0, min(p_filesz, source.size - p_offset))
-                problems.append(f"PT_LOAD {p_paddr:#x}-{p_paddr + p_memsz:#x}: file ends after "
-                                f"{present:#x} of {p_filesz:#x} bytes")
+                problems.append(Problem(f"PT_LOAD {p_paddr:#x}-{p_paddr + p_memsz:#x}: file ends after "
+                                        f"{present:#x} of {p_filesz:#x} bytes"))
             if present:
                 chunks.append(MemoryChunk(p_paddr, present, PageState.PRESENT,
                                           _file_reader(source, p_offset)))
@@ -91,7 +90,7 @@ def open(source: Source) -> Dump:
     cpus, dump_notes, vmcoreinfo = sort_notes(arch, parse_notes(note_data, arch.byteorder))
     memory = Memory(_merge_aliases(chunks, source.name))
     meta = DumpMeta(format="elf", writer=_guess_writer(ehdr, dump_notes, cpus),
-                    complete=not problems, problems=problems,
+                    problems=problems,
                     details={"e_phoff": ehdr.e_phoff, "program headers": phnum})
     if vmcoreinfo is not None:
         meta.kernel_release = vmcoreinfo.get("OSRELEASE")

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 from construct import Bytes, Int64sb, Struct
 
-from dumpfs.model import Dump, DumpError
+from dumpfs.errors import DamagedDump, Problem
+from dumpfs.model import Dump
 from dumpfs.source import Source
 
-NAME = "flattened"
 SIGNATURE = b"makedumpfile\0\0\0\0"
 TYPE_FLAT_HEADER = 1
 HEADER_BLOCK = 4096             # the makedumpfile_header is padded to this
@@ -293,22 +293,21 @@ def open(source: Source) -> Dump:
     index = read_index(source)
     inner = FlattenedSource(source, index)
     if inner.size == 0:
-        raise DumpError(f"{source.name}: flattened stream holds no data records"
-                        + (f" ({index.problem})" if index.problem else ""))
+        raise DamagedDump(f"{source.name}: flattened stream holds no data records"
+                          + (f" ({index.problem})" if index.problem else ""))
     from dumpfs.backends import elf, kdump
     if kdump.detect(inner):
         dump, inner_format = kdump.open(inner), "kdump"
     elif elf.detect(inner):
         dump, inner_format = elf.open(inner), "elf"
     else:
-        raise DumpError(f"{source.name}: the flattened stream holds neither a kdump nor an ELF file "
-                        f"(it starts with {inner.read(0, 8).hex(' ')})")
+        raise DamagedDump(f"{source.name}: the flattened stream holds neither a kdump nor an ELF file "
+                          f"(it starts with {inner.read(0, 8).hex(' ')})")
     meta = dump.meta
     meta.format = f"{inner_format}-flattened"
     meta.details.update({"flattened_version": head.version, "records": index.records,
                          "extents": len(index.starts), "inner_size": inner.size,
                          "index": index.origin})
     if not index.terminated:
-        meta.complete = False
-        meta.problems.insert(0, index.problem or "truncated stream: no end marker")
+        meta.problems.insert(0, Problem(index.problem or "truncated stream: no end marker"))
     return dump

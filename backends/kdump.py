@@ -22,11 +22,11 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
-from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState, VmcoreInfo, may_wait)
+from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
+from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
+                          may_wait)
 from dumpfs.source import Source
 
-NAME = "kdump"
 SIGNATURE = b"KDUMP   "
 
 NEWEST_HEADER_VERSION = 6       # the newest layout we know; newer ones are read as 6
@@ -166,17 +166,17 @@ def _detect_layout(source: Source) -> Layout:
     orders = [order for order in ("little", "big")
               if int.from_bytes(head[8:12], order) in PLAUSIBLE_HEADER_VERSIONS]
     if not orders:
-        raise DumpError(f"{source.name}: kdump header_version {head[8:12].hex()} is not a "
-                        f"plausible version in either byte order")
+        raise DamagedDump(f"{source.name}: kdump header_version {head[8:12].hex()} is not a "
+                          f"plausible version in either byte order")
     order = orders[0]
     for bits in (64, 32):
         off = BLOCK_SIZE_OFFSET[bits]
         block_size = int.from_bytes(head[off:off + 4], order)
         if _plausible_block_size(block_size):
             return _layout(order, bits)
-    raise DumpError(f"{source.name}: kdump block_size is not a power of two between "
-                    f"{MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} in either the 64-bit or the "
-                    f"32-bit layout")
+    raise DamagedDump(f"{source.name}: kdump block_size is not a power of two between "
+                      f"{MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} in either the 64-bit or the "
+                      f"32-bit layout")
 
 
 def _plausible_block_size(n: int) -> bool:
@@ -197,22 +197,22 @@ def open(source: Source) -> Dump:
     hdr = layout.header.parse(source.read_exact(0, layout.header.sizeof(), "kdump main header"))
     version = hdr.header_version
     block_size = hdr.block_size
-    problems: list[str] = []
+    problems: list[Problem] = []
     details: dict[str, object] = {"header_version": version, "layout": f"{layout.bits}-bit "
                                   f"{layout.byteorder}-endian", "block_size": block_size}
     if version > NEWEST_HEADER_VERSION:
-        problems.append(f"header_version {version} is newer than {NEWEST_HEADER_VERSION}; "
-                        f"read as version {NEWEST_HEADER_VERSION}")
+        problems.append(Problem(f"header_version {version} is newer than {NEWEST_HEADER_VERSION}; "
+                                f"read as version {NEWEST_HEADER_VERSION}", Severity.WARNING))
     uts = {field: _cstr(hdr.utsname[i * UTSNAME_FIELD:(i + 1) * UTSNAME_FIELD])
            for i, field in enumerate(UTSNAME_FIELDS)}
 
     # sub header: block 1 .. sub_hdr_size
     if hdr.sub_hdr_size < 1:
-        raise DumpError(f"{name}: kdump sub_hdr_size is {hdr.sub_hdr_size}; it must be at least 1 block")
+        raise DamagedDump(f"{name}: kdump sub_hdr_size is {hdr.sub_hdr_size}; it must be at least 1 block")
     sub_area_end = (1 + hdr.sub_hdr_size) * block_size
     if sub_area_end > source.size:
-        raise DumpError(f"{name}: truncated: kdump sub header and notes ({hdr.sub_hdr_size} blocks "
-                        f"at {block_size:#x}) end at {sub_area_end:#x}, the file ends at {source.size:#x}")
+        raise DamagedDump(f"{name}: truncated: kdump sub header and notes ({hdr.sub_hdr_size} blocks "
+                          f"at {block_size:#x}) end at {sub_area_end:#x}, the file ends at {source.size:#x}")
     sub_raw = source.read_exact(block_size, min(layout.sub_header.sizeof(), hdr.sub_hdr_size * block_size),
                                 "kdump sub header")
     sub = layout.sub_header.parse(sub_raw.ljust(layout.sub_header.sizeof(), b"\0"))
@@ -224,25 +224,25 @@ def open(source: Source) -> Dump:
     details["nr_cpus"] = hdr.nr_cpus
     details["status"] = hdr.status
     if max_mapnr == 0:
-        raise DumpError(f"{name}: kdump max_mapnr is 0: the dump describes no memory")
+        raise DamagedDump(f"{name}: kdump max_mapnr is 0: the dump describes no memory")
     if max_mapnr > (1 << 64) // block_size:
-        raise DumpError(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond 2^64 bytes)")
+        raise DamagedDump(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond 2^64 bytes)")
 
     # bitmaps: the 1st and 2nd bitmap share bitmap_blocks equally
     bitmap1 = sub_area_end
     bitmap_len = hdr.bitmap_blocks * block_size // 2
     bitmap_needed = (max_mapnr + 7) // 8
     if bitmap_needed > bitmap_len:
-        raise DumpError(f"{name}: kdump bitmap_blocks {hdr.bitmap_blocks} gives {bitmap_len} bytes "
-                        f"per bitmap, too few for max_mapnr {max_mapnr} ({bitmap_needed} bytes)")
+        raise DamagedDump(f"{name}: kdump bitmap_blocks {hdr.bitmap_blocks} gives {bitmap_len} bytes "
+                          f"per bitmap, too few for max_mapnr {max_mapnr} ({bitmap_needed} bytes)")
     bitmap2 = bitmap1 + bitmap_len
     if bitmap2 + bitmap_len > source.size:
-        raise DumpError(f"{name}: truncated: kdump bitmaps ({hdr.bitmap_blocks} blocks at "
-                        f"{bitmap1:#x}) end at {bitmap2 + bitmap_len:#x}, the file ends at "
-                        f"{source.size:#x}")
+        raise DamagedDump(f"{name}: truncated: kdump bitmaps ({hdr.bitmap_blocks} blocks at "
+                          f"{bitmap1:#x}) end at {bitmap2 + bitmap_len:#x}, the file ends at "
+                          f"{source.size:#x}")
     if bitmap_len > -(-bitmap_needed // block_size) * block_size:
-        problems.append(f"bitmap_blocks {hdr.bitmap_blocks} is larger than max_mapnr "
-                        f"{max_mapnr} needs")
+        problems.append(Problem(f"bitmap_blocks {hdr.bitmap_blocks} is larger than max_mapnr "
+                                f"{max_mapnr} needs", Severity.WARNING))
     table_start = (1 + hdr.sub_hdr_size + hdr.bitmap_blocks) * block_size
 
     arch, arch_note = _choose_arch(name, layout, uts["machine"])
@@ -274,17 +274,16 @@ def open(source: Source) -> Dump:
     if hdr.status & DUMP_DH_EXCLUDED_VMEMMAP:
         details["excluded_vmemmap"] = True
     if hdr.status & DUMP_DH_COMPRESSED_INCOMPLETE:
-        meta.complete = False
-        problems.append("the writer marked the dump incomplete (status 0x08): pages near the end "
-                        "may be missing")
+        problems.append(Problem("the writer marked the dump incomplete (status 0x08): pages near "
+                                "the end may be missing"))
 
     first_pfn, end_pfn = 0, max_mapnr
     if sub["split"]:
         first_pfn = sub["start_pfn_64"] or sub["start_pfn"]
         end_pfn = min(max_mapnr, sub["end_pfn_64"] or sub["end_pfn"] or max_mapnr)
         details["split"] = f"pfns {first_pfn:#x}-{end_pfn:#x}"
-        meta.complete = False
-        problems.append(f"one part of a --split dump: only pfns {first_pfn:#x}-{end_pfn:#x} are here")
+        problems.append(Problem(f"one part of a --split dump: only pfns {first_pfn:#x}-{end_pfn:#x} "
+                                f"are here"))
 
     pages = KdumpPages(source, layout, block_size, bitmap1, bitmap2, table_start,
                        first_pfn, end_pfn, meta)
@@ -295,15 +294,15 @@ def open(source: Source) -> Dump:
 def _choose_arch(name: str, layout: Layout, machine: str):
     """The architecture from utsname.machine; QEMU may leave it empty, then byte order decides."""
     if layout.bits != 64:
-        raise DumpError(f"{name}: 32-bit kdump layout (machine {machine or 'unknown'!r}); only "
-                        f"64-bit x86_64 and s390x dumps are supported")
+        raise Unsupported(f"{name}: 32-bit kdump layout (machine {machine or 'unknown'!r}); only "
+                          f"64-bit x86_64 and s390x dumps are supported")
     if machine:
         arch = arches.by_name(machine.lower())
         if arch is None:
-            raise DumpError(f"{name}: kdump of machine {machine!r} is not supported "
-                            f"(x86_64 and s390x are)")
+            raise Unsupported(f"{name}: kdump of machine {machine!r} is not supported "
+                              f"(x86_64 and s390x are)")
         if arch.byteorder != layout.byteorder:
-            raise DumpError(f"{name}: {arch.name} kdump in {layout.byteorder}-endian byte order")
+            raise Unsupported(f"{name}: {arch.name} kdump in {layout.byteorder}-endian byte order")
         return arch, None
     arch = arches.by_name("s390x" if layout.byteorder == "big" else "x86_64")
     return arch, f"{arch.name}, guessed from the byte order (utsname.machine is empty)"
@@ -312,8 +311,8 @@ def _choose_arch(name: str, layout: Layout, machine: str):
 def _read_header_area(source: Source, offset: int, size: int, area_end: int, what: str) -> bytes:
     """Notes or VMCOREINFO text, which must lie in the sub-header area."""
     if size > MAX_NOTES or offset < 0 or offset + size > area_end:
-        raise DumpError(f"{source.name}: kdump {what} at {offset:#x} of {size:#x} bytes lie outside "
-                        f"the sub-header area (ends at {area_end:#x})")
+        raise DamagedDump(f"{source.name}: kdump {what} at {offset:#x} of {size:#x} bytes lie outside "
+                          f"the sub-header area (ends at {area_end:#x})")
     return source.read_exact(offset, size, f"kdump {what}")
 
 
@@ -329,8 +328,8 @@ def _require_compression_module(name: str, compression: str) -> None:
             try:
                 __import__(module)
             except ImportError:
-                raise DumpError(f"{name}: pages are {method}-compressed; install the Python "
-                                f"package {package} (pip install {package})") from None
+                raise Unsupported(f"{name}: pages are {method}-compressed; install the Python "
+                                  f"package {package} (pip install {package})") from None
 
 
 def _choose_phys_base(meta: DumpMeta, header_value: int, vmcoreinfo: VmcoreInfo | None) -> None:
@@ -497,9 +496,7 @@ class KdumpPages:
             end = start
 
     def _problem(self, text: str) -> None:
-        self.meta.complete = False
-        if text not in self.meta.problems:
-            self.meta.problems.append(text)
+        self.meta.add_problem(text)
 
     # reading
 

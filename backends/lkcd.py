@@ -22,11 +22,9 @@ from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from dumpfs.arch import s390x
 from dumpfs.backends.s390 import cpus_from_lowcores
-from dumpfs.model import (Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState, may_wait)
+from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
+from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
-
-NAME = "lkcd"
 
 MAGIC = 0xA8190173618F23ED
 ASM_MAGIC = 0x733339302D64756D      # "s390-dum"
@@ -89,33 +87,34 @@ def _text(raw: bytes) -> str:
 class LkcdDump:
     def __init__(self, source: Source):
         self.source = source
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         name = source.name
         self.hdr = hdr = LkcdHeader.parse(source.read_exact(0, LkcdHeader.sizeof(), "LKCD dump header"))
         if source.size < DATA_START:
-            raise DumpError(f"{name}: truncated: an LKCD dump has its pages from 0x10000, "
-                            f"the file ends at {source.size:#x}")
+            raise DamagedDump(f"{name}: truncated: an LKCD dump has its pages from 0x10000, "
+                              f"the file ends at {source.size:#x}")
         machine = _text(hdr.utsname_machine)
         if machine != "s390x":
-            raise DumpError(f"{name}: LKCD dump of a '{machine}' machine; only s390x is supported")
+            raise Unsupported(f"{name}: LKCD dump of a '{machine}' machine; only s390x is supported")
         if hdr.page_size != PAGE:
-            raise DumpError(f"{name}: LKCD page_size {hdr.page_size}, expected 4096")
+            raise Unsupported(f"{name}: LKCD page_size {hdr.page_size}, expected 4096")
         self.mem_end = hdr.mem_end or hdr.mem_size
         if self.mem_end == 0 or self.mem_end > MAX_MEM_SIZE:
-            raise DumpError(f"{name}: LKCD mem_end {self.mem_end:#x} is absurd")
+            raise DamagedDump(f"{name}: LKCD mem_end {self.mem_end:#x} is absurd")
         if hdr.dump_compress not in (COMPRESS_NONE, COMPRESS_GZIP):
-            raise DumpError(f"{name}: LKCD dump_compress {hdr.dump_compress} is unknown")
+            raise Unsupported(f"{name}: LKCD dump_compress {hdr.dump_compress} is unknown")
         self.prefixes: list[int] = []
         self.real_cpu_cnt = None
         if hdr.hdr_size + AsmHeader.sizeof() <= DATA_START:
             asm = AsmHeader.parse(source.read_exact(hdr.hdr_size, AsmHeader.sizeof(), "asm header"))
             if asm.magic == ASM_MAGIC:
                 if asm.cpu_cnt > CPU_MAX:
-                    raise DumpError(f"{name}: asm header cpu_cnt {asm.cpu_cnt} exceeds {CPU_MAX}")
+                    raise DamagedDump(f"{name}: asm header cpu_cnt {asm.cpu_cnt} exceeds {CPU_MAX}")
                 self.prefixes = list(asm.lc_vec[:asm.cpu_cnt])
                 self.real_cpu_cnt = asm.real_cpu_cnt
         if self.real_cpu_cnt is None:
-            self.problems.append("no s390 asm header: the dump has no CPU information")
+            self.problems.append(Problem("no s390 asm header: the dump has no CPU information",
+                                         Severity.WARNING))
         pages = self.mem_end // PAGE
         self.full = (hdr.dump_compress == COMPRESS_NONE and
                      source.size == DATA_START + pages * (PAGE_HEADER.size + PAGE) + PAGE_HEADER.size)
@@ -135,8 +134,8 @@ class LkcdDump:
             if offset + PAGE_HEADER.size > base + len(buffer):
                 base, buffer = offset, source.read(offset, SCAN_BLOCK)
             if offset + PAGE_HEADER.size > base + len(buffer):
-                problems.append(f"no end record: the file ends at {source.size:#x} "
-                                f"after {len(self._addresses)} pages")
+                problems.append(Problem(f"no end record: the file ends at {source.size:#x} "
+                                        f"after {len(self._addresses)} pages"))
                 self.incomplete_after = previous + PAGE if previous is not None else 0
                 return
             address, size, flags = PAGE_HEADER.unpack_from(buffer, offset - base)
@@ -146,13 +145,13 @@ class LkcdDump:
             if flags not in (DH_RAW, DH_COMPRESSED) or size == 0 or size > 2 * PAGE or \
                     address % PAGE or address + PAGE > self.mem_end or \
                     (previous is not None and address < previous):
-                problems.append(f"{where} is invalid (addr {address:#x}, size {size}, "
-                                f"flags {flags}): the pages end here")
+                problems.append(Problem(f"{where} is invalid (addr {address:#x}, size {size}, "
+                                        f"flags {flags}): the pages end here"))
                 self.incomplete_after = previous + PAGE if previous is not None else 0
                 return
             if offset + PAGE_HEADER.size + size > source.size:
-                problems.append(f"{where}: the page at {address:#x} is cut off "
-                                f"(the file ends at {source.size:#x})")
+                problems.append(Problem(f"{where}: the page at {address:#x} is cut off "
+                                        f"(the file ends at {source.size:#x})"))
                 self.incomplete_after = address
                 return
             self._addresses.append(address)
@@ -263,8 +262,6 @@ class LkcdDump:
         writer = "zfcpdump (v1/v2)" if _text(hdr.panic_string).startswith("zSeries-dump") else "LKCD (vmconvert or zfcpdump)"
         return DumpMeta(format="lkcd", writer=writer, dump_time=when,
                         kernel_release=release if release and release != "<unknown>" else None,
-                        complete=not self.problems or self.problems == [
-                            "no s390 asm header: the dump has no CPU information"],
                         compression="zlib" if hdr.dump_compress == COMPRESS_GZIP else None,
                         details=details, problems=self.problems)
 

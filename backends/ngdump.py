@@ -17,10 +17,9 @@ import io
 import re
 import struct
 
-from dumpfs.model import Dump, DumpError
+from dumpfs.errors import DamagedDump, MissingPart, NoDump, Problem, Unsupported
+from dumpfs.model import Dump
 from dumpfs.source import BytesSource, RunsSource, Source
-
-NAME = "ngdump"
 
 SUPERBLOCK = 1024
 EXT_MAGIC = 0xEF53                  # s_magic at superblock + 0x38, little-endian
@@ -94,8 +93,8 @@ def open(source: Source) -> Dump:
     try:
         from dissect.extfs import ExtFS
     except ImportError:
-        raise DumpError(f"{source.name}: an ext2/3/4 file system; reading NGDump partitions needs "
-                        f"the Python package dissect.extfs (pip install dissect.extfs)") from None
+        raise Unsupported(f"{source.name}: an ext2/3/4 file system; reading NGDump partitions needs "
+                          f"the Python package dissect.extfs (pip install dissect.extfs)") from None
     from dumpfs.backends import elf, lkcd
 
     name = source.name
@@ -103,35 +102,35 @@ def open(source: Source) -> Dump:
         fs = ExtFS(SourceFile(source))
         root = fs.root.listdir()
     except Exception as e:      # the library's own errors: damaged or truncated file system
-        raise DumpError(f"{name}: ext file system unreadable: {e}") from None
+        raise DamagedDump(f"{name}: ext file system unreadable: {e}") from None
     if META not in root:
         numbered = sorted((int(m.group(1)), n) for n in root if (m := re.fullmatch(r"dump\.(\d+)", n)))
         if numbered:
             return _open_lkcd_file(fs, root[numbered[-1][1]], source, numbered, lkcd)
-        raise DumpError(f"{name}: an ext file system without {META} (nor zfcpdump dump.N files): "
-                        f"not an NGDump partition")
+        raise NoDump(f"{name}: an ext file system without {META} (nor zfcpdump dump.N files): "
+                     f"not an NGDump partition")
     meta_inode = root[META]
     if meta_inode.size > MAX_META:
-        raise DumpError(f"{name}: {META} of {meta_inode.size} bytes is absurd")
+        raise DamagedDump(f"{name}: {META} of {meta_inode.size} bytes is absurd")
     try:
         meta = parse_meta(meta_inode.open().read().decode("utf-8", "replace"))
     except Exception as e:
-        raise DumpError(f"{name}: {META} unreadable: {e}") from None
+        raise DamagedDump(f"{name}: {META} unreadable: {e}") from None
     if meta.get("version") != "1":
-        raise DumpError(f"{name}: {META} version {meta.get('version')!r}, only version 1 is known")
+        raise Unsupported(f"{name}: {META} version {meta.get('version')!r}, only version 1 is known")
     path = meta.get("file", "")
     if not path:
-        raise DumpError(f"no dump on {name}: an NGDump partition whose {META} names no dump file yet")
+        raise NoDump(f"no dump on {name}: an NGDump partition whose {META} names no dump file yet")
     try:
         inode = fs.get(path)
         inner = _file_source(fs, inode, source, f"{name}:{path}")
     except FileNotFoundError:
-        raise DumpError(f"{name}: {META} names '{path}', which is not in the file system") from None
+        raise MissingPart(f"{name}: {META} names '{path}', which is not in the file system") from None
     except Exception as e:
-        raise DumpError(f"{name}: the dump file '{path}' is unreadable: {e}") from None
+        raise DamagedDump(f"{name}: the dump file '{path}' is unreadable: {e}") from None
     if not elf.detect(inner):
-        raise DumpError(f"{name}: the NGDump file '{path}' is not an ELF dump "
-                        f"(starts with {inner.read(0, 8).hex(' ')})")
+        raise DamagedDump(f"{name}: the NGDump file '{path}' is not an ELF dump "
+                          f"(starts with {inner.read(0, 8).hex(' ')})")
     dump = elf.open(inner)
     dump.meta.writer = "NGDump dumper"
     dump.meta.details.update({"layout": f"NGDump partition ({META} version 1)", "dump file": path,
@@ -139,8 +138,7 @@ def open(source: Source) -> Dump:
                               "sha256sum": meta.get("sha256sum") or "(none recorded)",
                               "sha256 check": "not done (would read the whole file)"})
     if not meta.get("sha256sum"):
-        dump.meta.problems.append(f"{META} records no sha256sum for '{path}'")
-        dump.meta.complete = False
+        dump.meta.problems.append(Problem(f"{META} records no sha256sum for '{path}'"))
     return dump
 
 
@@ -148,7 +146,7 @@ def _open_lkcd_file(fs, inode, source: Source, numbered, lkcd) -> Dump:
     name = f"{source.name}:dump.{numbered[-1][0]}"
     inner = _file_source(fs, inode, source, name)
     if not lkcd.detect(inner):
-        raise DumpError(f"{name}: not an LKCD dump (starts with {inner.read(0, 8).hex(' ')})")
+        raise DamagedDump(f"{name}: not an LKCD dump (starts with {inner.read(0, 8).hex(' ')})")
     dump = lkcd.open(inner)
     dump.meta.details["layout"] = (f"zfcpdump v1/v2 file system, newest of "
                                    f"{', '.join(f'dump.{n}' for n, _ in numbered)}")

@@ -13,30 +13,29 @@ prefix page (the header's lc_vec), see `dumpfs.arch.s390x`.
 
 from __future__ import annotations
 
-import fcntl
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from construct import Bytes, Int8ub, Int16ub, Int32ub, Struct
+from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from dumpfs.arch import s390x
 from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
-from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState, may_wait)
+from dumpfs.errors import DamagedDump, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
+from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
 
-NAME = "s390"
+from .devcheck import Report
+from .probe import Probe
+from .sysblock import block_size
 
 SEGMENT_HEADER_SIZE = 0x1000
 ENTRY_UNCOMPRESSED = 0x80000000        # entry_offset bit 31: stored raw
 ENTRY_MAX = (SEGMENT_HEADER_SIZE - 0x34) // 4
 MAX_MEM_SIZE = 1 << 50                 # 1 PiB: more than any IBM Z machine has
-BLKSSZGET = 0x1268                     # ioctl: logical block size of a block device
-DEFAULT_BLOCK_SIZE = 4096              # ECKD dump partitions have 4 KiB blocks
 
 
 # struct df_s390_dump_segm_hdr, 4096 bytes in front of every segment's data (hot: struct)
@@ -69,14 +68,34 @@ BOOT_INFO_ECKD_CDL = 0x1000 + 92    # block 1 (IPL2): stage 1, boot info in its 
 BOOT_INFO_BLOCK0 = 0x70             # ECKD LDL and FBA: after stage 0 (and stage 1 on LDL)
 BP_TYPE_DUMP, DEV_ECKD, DEV_FBA = 1, 0, 1
 DUMPER_MAGICS = (b"XECKD64", b"XDFBA64", b"XMULT64", b"ZECKD64", b"ZDFBA64")
+DUMPER_BLOCK = 3                    # the ECKD (and multi-volume) dump tool starts at device block 3
+FBA_DUMPER_SIZE = 0x3000            # the FBA dump tool: the last 0x3000 bytes of the disk
+ECKD_DUMPER_SIZES = {2: 0x8000}     # by version byte; 0x3000 for the others
+
+# struct stage2dump_parm_tail: the last 16 bytes of a dump tool image
+DumperTail = Struct(
+    Padding(6),
+    "no_compress" / Int8ub,         # irrelevant for the DASD tools: they never compress
+    "mvdump_force" / Int8ub,        # 1: zipl --force, the dumper skips the signature check
+    "mem_upper_limit" / Int64ub,    # dump size limit, all ones = none
+)
 
 
-def detect(source: Source) -> bool:
-    head = source.read(0, 8)
-    if len(head) == 8 and struct.unpack(">Q", head)[0] in (MAGIC_S390, MAGIC_S390_EXT):
-        return True
-    return _device_layout(source) is not None or _empty_dump_partition(source) is not None \
-        or _behind_dump_tool(source) is not None
+def size_limit(tail) -> str:
+    """A dump tool's size limit, as zgetdump -d says it."""
+    limit = tail.mem_upper_limit
+    return "none" if limit == (1 << 64) - 1 else f"{limit >> 20} MB"
+
+
+def detect(probe: Source | Probe) -> bool:
+    """A dump header at byte 0, a disk with a zipl dump record, or an unused dump partition."""
+    return _has_header(probe) or _device_layout(probe) is not None or \
+        _empty_dump_partition(probe) is not None
+
+
+def _has_header(source: Source | Probe, offset: int = 0) -> bool:
+    head = source.read(offset, 8)
+    return len(head) == 8 and struct.unpack(">Q", head)[0] in (MAGIC_S390, MAGIC_S390_EXT)
 
 
 # -- where the dump is ----------------------------------------------------------------------
@@ -132,30 +151,6 @@ def _empty_dump_partition(source: Source) -> str | None:
     return None
 
 
-def _behind_dump_tool(source: Source) -> str | None:
-    """A partition device whose disk (found through sysfs) has a zipl dump record for it."""
-    if not source.is_block_device:
-        return None
-    from .sysblock import parent_disk
-    parent = parent_disk(source)
-    if parent is None:
-        return None
-    from dumpfs.source import FileSource
-    try:
-        disk = FileSource(parent[0])
-    except DumpError:
-        return None
-    try:
-        layout = _device_layout(disk)
-        if layout is None or layout.base != parent[1]:
-            return None
-        tool = _dump_tool(disk, layout)
-        return f"the dump partition of {parent[0]} ({layout.description}" + \
-            (f", dump tool {tool})" if tool else ")")
-    finally:
-        disk.close()
-
-
 def _dump_tool(source: Source, layout: Layout) -> str | None:
     """The dump tool's name and version, where the layout keeps it."""
     for offset in (3 * 4096, source.size - 0x3000):
@@ -163,18 +158,6 @@ def _dump_tool(source: Source, layout: Layout) -> str | None:
         if head[:7] in DUMPER_MAGICS and offset != layout.base:
             return f"{head[:7].decode()} v{head[7]}"
     return None
-
-
-def block_size(source: Source) -> int:
-    """The device block size (zgetdump: BLKSSZGET); 4 KiB for image files."""
-    if source.is_block_device and hasattr(source, "fd"):
-        try:
-            size = struct.unpack("i", fcntl.ioctl(source.fd, BLKSSZGET, bytes(4)))[0]
-            if size in (512, 1024, 2048, 4096):
-                return size
-        except OSError:
-            pass
-    return DEFAULT_BLOCK_SIZE
 
 
 PAGE = 4096                 # a page cut by the end of the source is missing as a whole
@@ -206,7 +189,6 @@ class S390Dump:
     (backends/s390mv.py) walks the segments over several volumes.
     """
 
-    format_name = "s390"        # meta.format of a flat dump
     multi_volume = False        # True: headers with mvdump/volnr are expected
     end_source: Source | None = None    # where the end marker is, if not on `source`
 
@@ -214,7 +196,7 @@ class S390Dump:
         self.source = source
         self.base = layout.base
         self.layout = layout
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         self.block_size = block_size(source)
         self.cache = PageCache(capacity=64)     # decoded 1 MiB zlib entries
         self._decoding: dict[tuple[int, int], threading.Event] = {}    # entries being decoded
@@ -223,8 +205,8 @@ class S390Dump:
         self._prefetcher: ThreadPoolExecutor | None = None
         raw = source.read(self.base, HEADER_SIZE)
         if len(raw) < HEADER_SIZE:
-            raise DumpError(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
-                            f"needs 4096 bytes, the source ends at {source.size:#x}")
+            raise DamagedDump(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
+                              f"needs 4096 bytes, the source ends at {source.size:#x}")
         self.hdr = hdr = DumpHeader.parse(raw)
         self.extended = hdr.magic == MAGIC_S390_EXT and not flat
         where = f"{source.name}: s390 dump header" + (f" at {self.base:#x}" if self.base else "")
@@ -236,24 +218,24 @@ class S390Dump:
         if self.legacy and hdr.version < 2 and hdr.arch == 0:
             pass                        # not recorded yet: the s390x reader is the only one left
         elif hdr.arch != ARCH_S390X:
-            raise DumpError(f"{where}: arch {hdr.arch} "
-                            f"({'31-bit s390' if hdr.arch == 1 else 'unknown'}); only s390x (2) is supported")
+            raise Unsupported(f"{where}: arch {hdr.arch} "
+                              f"({'31-bit s390' if hdr.arch == 1 else 'unknown'}); only s390x (2) is supported")
         if hdr.build_arch not in (0, ARCH_S390X):
-            raise DumpError(f"{where}: build_arch {hdr.build_arch} is not s390x")
+            raise Unsupported(f"{where}: build_arch {hdr.build_arch} is not s390x")
         if self.cpu_cnt > CPU_MAX:
-            raise DumpError(f"{where}: cpu_cnt {hdr.cpu_cnt} exceeds the {CPU_MAX} lc_vec entries")
+            raise DamagedDump(f"{where}: cpu_cnt {hdr.cpu_cnt} exceeds the {CPU_MAX} lc_vec entries")
         if hdr.mem_size == 0 or hdr.mem_size > MAX_MEM_SIZE:
-            raise DumpError(f"{where}: mem_size {hdr.mem_size:#x} is absurd")
+            raise DamagedDump(f"{where}: mem_size {hdr.mem_size:#x} is absurd")
         if hdr.zlib_version_s390 and hdr.version != 2:
-            raise DumpError(f"{where}: zlib_version_s390 {hdr.zlib_version_s390} "
-                            f"with header version {hdr.version} (only version 2 compresses)")
+            raise DamagedDump(f"{where}: zlib_version_s390 {hdr.zlib_version_s390} "
+                              f"with header version {hdr.version} (only version 2 compresses)")
         if self.legacy_mv and hdr.volnr:
-            raise DumpError(f"{where}: volume {hdr.volnr} of a non-extended multi-volume dump "
-                            f"(ZMULT64); its memory slice starts where volume {hdr.volnr - 1}'s "
-                            f"ends, so it cannot be read alone: open volume 0")
+            raise MissingPart(f"{where}: volume {hdr.volnr} of a non-extended multi-volume dump "
+                              f"(ZMULT64); its memory slice starts where volume {hdr.volnr - 1}'s "
+                              f"ends, so it cannot be read alone: open volume 0")
         if not self.legacy_mv and not self.multi_volume and (hdr.mvdump or (hdr.mvdump_sign == MAGIC_S390_EXT and hdr.volnr)):
-            raise DumpError(f"{where}: volume {hdr.volnr} of a multi-volume dump; "
-                            f"open the whole multi-volume set instead")
+            raise MissingPart(f"{where}: volume {hdr.volnr} of a multi-volume dump; "
+                              f"open the whole multi-volume set instead")
         self.mem_size = hdr.mem_size
         self.segments: list[Segment] = []
         if self.extended:
@@ -264,12 +246,12 @@ class S390Dump:
             if stored < self.mem_size:
                 stored -= stored % PAGE     # a page only partly in the file is missing, not half-served
             if stored < self.mem_size and self.legacy_mv:
-                self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: it is on "
-                                     f"the other volumes of the non-extended multi-volume dump")
+                self.problems.append(Problem(f"memory {stored:#x}-{self.mem_size:#x} is missing: it is on "
+                                             f"the other volumes of the non-extended multi-volume dump"))
                 end_marker_offset = None
             elif stored < self.mem_size:
-                self.problems.append(f"memory {stored:#x}-{self.mem_size:#x} is missing: "
-                                     f"the source ends at {source.size:#x}")
+                self.problems.append(Problem(f"memory {stored:#x}-{self.mem_size:#x} is missing: "
+                                             f"the source ends at {source.size:#x}"))
                 end_marker_offset = None
             self.segments.append(Segment(0, 0, self.mem_size, self.base + HEADER_SIZE, stored, 0))
         self.end_tod = self._check_end_marker(end_marker_offset)
@@ -298,30 +280,31 @@ class S390Dump:
             what = f"segment header #{number} at {offset:#x}" + \
                 (f" of {source.name}" if source is not self.source else "")
             if len(raw) < SEGMENT_HEADER_SIZE:
-                self.problems.append(f"{what} is missing: the source ends at {source.size:#x}")
+                self.problems.append(Problem(f"{what} is missing: the source ends at {source.size:#x}"))
                 return None, False
             start, length, stop_marker, size_on_disk, entry_count = struct.unpack_from(SEGMENT_FORMAT, raw)
             data = offset + SEGMENT_HEADER_SIZE
             if length == 0:
                 if stop_marker:         # the dumper's empty last segment: no data
                     return data, True
-                self.problems.append(f"{what} is empty and not the last one: "
-                                     f"the dump was interrupted")
+                self.problems.append(Problem(f"{what} is empty and not the last one: "
+                                             f"the dump was interrupted"))
                 return None, False
             if start + length > self.mem_size:
-                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} lies past "
-                                     f"mem_size {self.mem_size:#x}; the segments end here")
+                self.problems.append(Problem(f"{what}: memory {start:#x}-{start + length:#x} lies past "
+                                             f"mem_size {self.mem_size:#x}; the segments end here"))
                 return None, False
             entries: tuple[int, ...] = ()
             if size_on_disk:
                 unit = hdr.zlib_entry_size
                 if hdr.version != 2 or not unit:
-                    self.problems.append(f"{what}: compressed, but the header (version {hdr.version}, "
-                                         f"zlib_entry_size {unit}) allows no compression")
+                    self.problems.append(Problem(f"{what}: compressed, but the header (version "
+                                                 f"{hdr.version}, zlib_entry_size {unit}) allows no "
+                                                 f"compression"))
                     return None, False
                 if entry_count != -(-length // unit) or entry_count > ENTRY_MAX:
-                    self.problems.append(f"{what}: entry_count {entry_count} does not fit "
-                                         f"{length:#x} bytes in {unit:#x}-byte entries")
+                    self.problems.append(Problem(f"{what}: entry_count {entry_count} does not fit "
+                                                 f"{length:#x} bytes in {unit:#x}-byte entries"))
                     return None, False
                 entries = struct.unpack_from(f">{entry_count}I", raw, SEGMENT_ENTRIES)
                 on_disk = size_on_disk * self.block_size
@@ -329,42 +312,44 @@ class S390Dump:
                 on_disk = length
             stored = max(0, min(on_disk, source.size - data))
             if start < previous_end:
-                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} overlaps the "
-                                     f"previous segment (ends {previous_end:#x}); its overlapping "
-                                     f"part is ignored")
+                self.problems.append(Problem(f"{what}: memory {start:#x}-{start + length:#x} overlaps the "
+                                             f"previous segment (ends {previous_end:#x}); its overlapping "
+                                             f"part is ignored"))
             segment = Segment(number, start, length, data, stored, on_disk if size_on_disk else 0,
                               entries, None if source is self.source else source)
             self.segments.append(segment)
             previous_end = max(previous_end, start + length)
             if stored < on_disk:
-                self.problems.append(f"{what}: memory {start:#x}-{start + length:#x} is cut off: "
-                                     f"{on_disk:#x} bytes of data, the source ends after {stored:#x}")
+                self.problems.append(Problem(f"{what}: memory {start:#x}-{start + length:#x} is cut off: "
+                                             f"{on_disk:#x} bytes of data, the source ends after "
+                                             f"{stored:#x}"))
                 return None, False
             offset = data + on_disk
             if stop_marker:
                 return offset, True
-        self.problems.append("more segment headers than the source can hold")
+        self.problems.append(Problem("more segment headers than the source can hold"))
         return None, False
 
     def _check_end_marker(self, offset: int | None) -> int | None:
         if offset is None:
-            self.problems.append("no end marker: the dump was interrupted"
-                                 if self.extended or not self.problems else
-                                 "no end marker: the source ends before it")
+            self.problems.append(Problem("no end marker: the dump was interrupted"
+                                         if self.extended or not self.problems else
+                                         "no end marker: the source ends before it"))
             return None
         source = self.end_source or self.source
         raw = source.read(offset, EndMarker.sizeof())
         if len(raw) < EndMarker.sizeof():
-            self.problems.append(f"no end marker at {offset:#x}: the source ends at {source.size:#x}")
+            self.problems.append(Problem(f"no end marker at {offset:#x}: "
+                                         f"the source ends at {source.size:#x}"))
             return None
         marker = EndMarker.parse(raw)
         if marker.str != END_MARKER_MAGIC:
-            self.problems.append(f"no end marker at {offset:#x} (found {raw[:8].hex(' ')}): "
-                                 f"the dump was interrupted")
+            self.problems.append(Problem(f"no end marker at {offset:#x} (found {raw[:8].hex(' ')}): "
+                                         f"the dump was interrupted"))
             return None
         if marker.tod < self.hdr.tod:
-            self.problems.append(f"end marker at {offset:#x} is older than the header "
-                                 f"(tod {marker.tod:#x} < {self.hdr.tod:#x})")
+            self.problems.append(Problem(f"end marker at {offset:#x} is older than the header "
+                                         f"(tod {marker.tod:#x} < {self.hdr.tod:#x})"))
             return None
         return marker.tod
 
@@ -452,6 +437,12 @@ class S390Dump:
             self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s390-zlib")
         self._prefetcher.submit(self._entry_if_possible, segment, index + 1)
 
+    def close(self) -> None:
+        """Stop the read-ahead thread; closing the dump does (the reader is one of its resources)."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher = None
+
     def _entry_if_possible(self, segment: Segment, index: int) -> None:
         try:
             self._entry(segment, index)
@@ -468,6 +459,9 @@ class S390Dump:
                 return data
             may_wait("decoding a zlib entry")
             with self._decoding_lock:
+                data = self.cache.get(key)      # cached between the check above and the lock
+                if data is not None:
+                    return data
                 event = self._decoding.get(key)
                 owner = event is None
                 if owner:
@@ -563,12 +557,12 @@ class S390Dump:
         else:
             writer = "zgetdump -f s390 (or an old stand-alone dump tool)"
         return DumpMeta(format="s390_ext" if self.extended else "s390", writer=writer,
-                        dump_time=tod_to_datetime(hdr.tod), complete=not self.problems,
+                        dump_time=tod_to_datetime(hdr.tod),
                         dump_level=None, compression=compression, details=details,
                         problems=self.problems)
 
 
-def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[str]) -> dict[int, Cpu]:
+def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[Problem]) -> dict[int, Cpu]:
     """Registers from each CPU's prefix page (s390, s390_ext, tape, LKCD); CPU i is prefixes[i].
 
     The memory-image formats have no reliable CPU address (lowcore 0x84 is the
@@ -584,8 +578,8 @@ def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[s
             pointer = struct.unpack(">Q", memory.read_physical(
                 prefix + s390x.LOWCORE_VECTOR_SAVE_AREA, 8))[0]
         except MemoryUnavailable as e:
-            problems.append(f"CPU {number}: prefix page {prefix:#x} unreadable ({e.reason}); "
-                            f"no registers")
+            problems.append(Problem(f"CPU {number}: prefix page {prefix:#x} unreadable ({e.reason}); "
+                                    f"no registers"))
             cpus[number] = Cpu(number, {"prefix": prefix})
             continue
         vector = None
@@ -593,29 +587,44 @@ def cpus_from_lowcores(memory: Memory, prefixes, mem_size: int, problems: list[s
             try:
                 vector = memory.read_physical(pointer, s390x.VECTOR_SAVE_AREA_SIZE)
             except MemoryUnavailable as e:
-                problems.append(f"CPU {number}: vector save area {pointer:#x} unreadable ({e.reason})")
+                problems.append(Problem(f"CPU {number}: vector save area {pointer:#x} "
+                                        f"unreadable ({e.reason})"))
         registers = s390x.registers_from_save_area(save_area, vector)
         cpus[number] = Cpu(number, registers, s390x.notes_from_registers(registers, number))
     return cpus
 
 
+def check(source: Source) -> Report | None:
+    """`dumpfs check` of a disk with the single-volume ECKD or FBA dump tool (zgetdump's
+    dt_s390sv): its settings and the dump; None for any other source."""
+    bs = block_size(source)
+    eckd = source.read(DUMPER_BLOCK * bs, 8)
+    fba = source.read(source.size - FBA_DUMPER_SIZE, 8) if source.size > FBA_DUMPER_SIZE else b""
+    if eckd[:7] == b"XECKD64":
+        version, end = eckd[7], DUMPER_BLOCK * bs + ECKD_DUMPER_SIZES.get(eckd[7], 0x3000)
+    elif fba[:7] == b"XDFBA64":
+        version, end = fba[7], source.size
+    else:
+        return None
+    tail = DumperTail.parse(source.read(end - DumperTail.sizeof(), DumperTail.sizeof()))
+    report = Report.for_tool("Single-volume DASD dump tool (extended)", version,
+                             f"DASD type.........: {'ECKD' if eckd[:7] == b'XECKD64' else 'FBA'}",
+                             f"Dump size limit...: {size_limit(tail)}")
+    report.dump_from(lambda: open(source))
+    return report
+
+
 def open(source: Source) -> Dump:
     layout = Layout(0, "image")
-    head = source.read(0, 8)
-    if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
+    if not _has_header(source):
         empty = _empty_dump_partition(source)
         if empty:
-            raise DumpError(f"no dump on {source.name}: {empty}")
+            raise NoDump(f"no dump on {source.name}: {empty}")
         layout = _device_layout(source)
         if layout is None:
-            behind = _behind_dump_tool(source)
-            if behind:
-                state = "holds zeros" if not any(source.read(0, 0x1000)) else \
-                    f"starts with {head.hex(' ')}, not a dump header"
-                raise DumpError(f"no dump on {source.name}: {behind}; the partition {state}")
-            raise DumpError(f"{source.name}: not an s390 dump")
-        head = source.read(layout.base, 8)
-        if len(head) < 8 or struct.unpack(">Q", head)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
+            raise NoDump(f"{source.name}: not an s390 dump")
+        if not _has_header(source, layout.base):
+            head = source.read(layout.base, 8)
             tool = _dump_tool(source, layout)
             if head[:7] in DUMPER_MAGICS:
                 state = f"starts with the dump tool {head[:7].decode()} v{head[7]} (LDL: a dump overwrites it)"
@@ -623,9 +632,26 @@ def open(source: Source) -> Dump:
                 state = "holds zeros"
             else:
                 state = f"starts with {head.hex(' ')}, not a dump header"
-            raise DumpError(f"no dump on {source.name}: {layout.description}"
-                            f"{f' with dump tool {tool}' if tool else ''}; the partition {state}")
+            raise NoDump(f"no dump on {source.name}: {layout.description}"
+                         f"{f' with dump tool {tool}' if tool else ''}; the partition {state}")
     reader = S390Dump(source, layout)
     memory = Memory(reader.chunks)
     cpus = reader.cpus(memory)
-    return Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=reader.meta())
+    return Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=reader.meta(),
+                resources=[reader])
+
+
+def open_partition(partition: Source, disk: Source, start: int) -> Dump | None:
+    """The partition device at byte `start` of `disk`, if the disk's zipl dump record names it
+    as the dump partition (else None): its dump, or NoDump saying what the partition holds."""
+    layout = _device_layout(disk)
+    if layout is None or layout.base != start:
+        return None
+    if detect(partition):
+        return open(partition)
+    tool = _dump_tool(disk, layout)
+    head = partition.read(0, 8)
+    state = "holds zeros" if not any(partition.read(0, 0x1000)) else \
+        f"starts with {head.hex(' ')}, not a dump header"
+    raise NoDump(f"no dump on {partition.name}: the dump partition of {disk.name} "
+                 f"({layout.description}{f', dump tool {tool}' if tool else ''}); the partition {state}")

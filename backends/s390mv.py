@@ -28,21 +28,21 @@ from dataclasses import dataclass, field
 from construct import Array, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
 from dumpfs.arch import s390x
-from dumpfs.model import Dump, DumpError, Memory
+from dumpfs.errors import DamagedDump, DumpError, MissingPart, NoDump, Problem
+from dumpfs.model import Dump, Memory
 from dumpfs.source import FileSource, Source
 
 from . import s390
-from .sysblock import block_disks, ccw_busid, parent_disk, _is_block
+from .probe import Probe
+from .sysblock import _is_block, block_disks, block_size, ccw_busid, parent_disk
 from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390_EXT, DumpHeader
 
-from .s390 import Layout, Segment
-
-NAME = "s390mv"
+from .devcheck import Report
+from .s390 import DUMPER_BLOCK, DumperTail, Layout, Segment, size_limit
 
 MIB = 1 << 20
 DUMPER_MAGIC = b"XMULT64"
 DUMPER_SIZES = {1: 0x3000, 2: 0x4000}    # by version byte (df_s390_dumper_read)
-DUMPER_BLOCK = 3                         # the dump tool starts at device block 3
 MAX_VOLUMES = 32
 TABLE_COMPARED = 458                     # bytes zgetdump compares between volumes
 
@@ -64,13 +64,6 @@ ParmTable = Struct(
     Padding(54),
 )
 assert ParmTable.sizeof() == 512
-# struct stage2dump_parm_tail, the last 16 bytes of the dump tool image
-DumperTail = Struct(
-    Padding(6),
-    "no_compress" / Int8ub,         # irrelevant: multi-volume dumps are never compressed
-    "mvdump_force" / Int8ub,        # 1: zipl -M --force, the dumper skips the signature check
-    "mem_upper_limit" / Int64ub,    # dump size limit, all ones = none
-)
 
 
 @dataclass
@@ -91,7 +84,7 @@ class Member:
         return ParmTable.parse(self.table_raw) if self.table_raw else None
 
 
-def _header(source: Source, offset: int):
+def _header(source: Source | Probe, offset: int):
     raw = source.read(offset, HEADER_SIZE)
     return DumpHeader.parse(raw) if len(raw) == HEADER_SIZE else None
 
@@ -102,7 +95,7 @@ def _is_volume_header(hdr, index: int | None = None) -> bool:
             and hdr.mvdump == 1 and hdr.mem_size != 0 and (index is None or hdr.volnr == index))
 
 
-def dumper_head(source: Source, bs: int) -> tuple[int, int] | None:
+def dumper_head(source: Source | Probe, bs: int) -> tuple[int, int] | None:
     """(version, image size) of an XMULT64 dump tool at block 3, else None."""
     head = source.read(DUMPER_BLOCK * bs, 8)
     if len(head) == 8 and head[:7] == DUMPER_MAGIC and head[7] in DUMPER_SIZES:
@@ -110,19 +103,30 @@ def dumper_head(source: Source, bs: int) -> tuple[int, int] | None:
     return None
 
 
+def _tool_table(source: Source | Probe, bs: int) -> tuple[int, int, bytes] | None:
+    """(version, image size, 512-byte volume table) of an XMULT64 dump tool at block 3, else None."""
+    head = dumper_head(source, bs)
+    if head is None:
+        return None
+    version, size = head
+    table_raw = source.read(DUMPER_BLOCK * bs + size, ParmTable.sizeof())
+    if len(table_raw) < ParmTable.sizeof() or not 1 <= ParmTable.parse(table_raw).num_param <= MAX_VOLUMES:
+        return None
+    return version, size, table_raw
+
+
+def detect(probe: Probe) -> bool:
+    """A disk with the XMULT64 dump tool and its volume table, or a volume's dump partition."""
+    return _tool_table(probe, probe.block_size) is not None or _is_volume_header(_header(probe, 0))
+
+
 def member(source: Source) -> Member | None:
     """What `source` is in a multi-volume set, or None if it is not part of one."""
-    bs = s390.block_size(source)
-    head = dumper_head(source, bs)
-    if head is not None:
-        version, size = head
-        table_off = DUMPER_BLOCK * bs + size
-        table_raw = source.read(table_off, ParmTable.sizeof())
-        if len(table_raw) < ParmTable.sizeof():
-            return None
+    bs = block_size(source)
+    found = _tool_table(source, bs)
+    if found is not None:
+        version, size, table_raw = found
         table = ParmTable.parse(table_raw)
-        if not 1 <= table.num_param <= MAX_VOLUMES:
-            return None
         tail = DumperTail.parse(source.read(DUMPER_BLOCK * bs + size - 16, 16))
         m = Member(source, table_raw, f"XMULT64 v{version}", tail)
         for i, entry in enumerate(table.param[:table.num_param]):
@@ -149,10 +153,6 @@ def member(source: Source) -> Member | None:
     if _is_volume_header(hdr):
         return Member(source, index=hdr.volnr, part_size=source.size, hdr=hdr)
     return None
-
-
-def detect(source: Source) -> bool:
-    return member(source) is not None
 
 
 def bus_id(table, index: int) -> str:
@@ -258,7 +258,7 @@ class VolumeSet:
     dumper: str | None = None
     tail: object = None
     resources: list[Source] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     unplaced: list[Member] = field(default_factory=list)    # disks of the set holding no dump data
 
     def missing(self) -> list[Volume]:
@@ -274,8 +274,8 @@ def assemble(members: list[Member]) -> VolumeSet:
         reference = disks[0]
         for other in disks[1:]:
             if other.table_raw[:TABLE_COMPARED] != reference.table_raw[:TABLE_COMPARED]:
-                raise DumpError(f"{other.source.name}: its multi-volume parameter table differs "
-                                f"from {reference.source.name}'s: not the same dump set")
+                raise DamagedDump(f"{other.source.name}: its multi-volume parameter table differs "
+                                  f"from {reference.source.name}'s: not the same dump set")
         table = reference.table
         volumes = [Volume(i, bus_id(table, i)) for i in range(table.num_param)]
         for v, entry in zip(volumes, table.param):
@@ -294,7 +294,7 @@ def assemble(members: list[Member]) -> VolumeSet:
         if v.source is not None:
             if m.hdr is not None and v.hdr is not None and _same(m.hdr) == _same(v.hdr):
                 continue            # a partition and its disk: the same volume twice
-            problems.append(f"{m.source.name} is {v.describe()} again; using {v.source.name}")
+            problems.append(Problem(f"{m.source.name} is {v.describe()} again; using {v.source.name}"))
             continue
         v.source = m.source
         if m.table_raw is None:         # a partition: the dump starts at its offset 0
@@ -332,17 +332,17 @@ class MultiVolumeDump(s390.S390Dump):
     def _no_first_volume(self, first: Volume | None):
         names = ", ".join(s.name for s in self.set.resources)
         if first is None:
-            raise DumpError(f"{names}: multi-volume dump without volume 0")
+            raise MissingPart(f"{names}: multi-volume dump without volume 0")
         if not any(v.state == "active" for v in self.set.volumes) and \
                 (first.state == "valid" or self.set.unplaced):
-            raise DumpError(f"no dump on {names}: multi-volume dump tool {self.set.dumper} installed "
-                            f"on {len(self.set.volumes)} volume(s), no dump written yet")
+            raise NoDump(f"no dump on {names}: multi-volume dump tool {self.set.dumper} installed "
+                         f"on {len(self.set.volumes)} volume(s), no dump written yet")
         if first.state == "missing":
-            raise DumpError(f"{names}: multi-volume dump: {first.describe()} is missing; it holds the "
-                            f"dump header (give every volume: dumpfs mount VOL1 VOL2 ... MOUNTPOINT)")
+            raise MissingPart(f"{names}: multi-volume dump: {first.describe()} is missing; it holds the "
+                              f"dump header (give every volume: dumpfs mount VOL1 VOL2 ... MOUNTPOINT)")
         found = f" (magic {first.hdr.magic:#018x})" if first.hdr is not None else ""
-        raise DumpError(f"{names}: multi-volume dump: {first.describe()} is {first.state}: "
-                        f"it holds no header of this dump{found}")
+        raise DamagedDump(f"{names}: multi-volume dump: {first.describe()} is {first.state}: "
+                          f"it holds no header of this dump{found}")
 
     def _walk_segments(self) -> int | None:
         """Segments of each volume in table order, up to the stop marker (s390-multivolume.md §5)."""
@@ -353,10 +353,10 @@ class MultiVolumeDump(s390.S390Dump):
                         "invalid": "has no multi-volume signature"}[v.state]
                 message = f"{v.describe()} {what}, but the dump continues past volume {v.index - 1}"
                 if v.state == "missing" and not self.partial:
-                    raise DumpError(f"{self.source.name}: multi-volume dump: {message} "
-                                    f"(give every volume: dumpfs mount VOL1 VOL2 ... MOUNTPOINT; "
-                                    f"--partial reads the others)")
-                self.problems.append(message)
+                    raise MissingPart(f"{self.source.name}: multi-volume dump: {message} "
+                                      f"(give every volume: dumpfs mount VOL1 VOL2 ... MOUNTPOINT; "
+                                      f"--partial reads the others)")
+                self.problems.append(Problem(message))
                 if v.state != "missing":
                     return None
                 if gap_from is None:
@@ -375,8 +375,8 @@ class MultiVolumeDump(s390.S390Dump):
                 self.end_source = v.source
                 return end
         if gap_from is None:
-            self.problems.append(f"no segment with the stop marker on the {len(self.set.volumes)} "
-                                 f"volume(s): the dump was interrupted")
+            self.problems.append(Problem(f"no segment with the stop marker on the {len(self.set.volumes)} "
+                                         f"volume(s): the dump was interrupted"))
         return None
 
     def meta(self):
@@ -389,8 +389,7 @@ class MultiVolumeDump(s390.S390Dump):
         if self.set.dumper:
             details["dump tool"] = self.set.dumper
         if self.set.tail is not None:
-            limit = self.set.tail.mem_upper_limit
-            details["dump size limit"] = "none" if limit == (1 << 64) - 1 else f"{limit >> 20} MB"
+            details["dump size limit"] = size_limit(self.set.tail)
             details["force"] = bool(self.set.tail.mvdump_force)
         details["volumes"] = [volume_line(v) for v in self.set.volumes]
         return meta
@@ -415,20 +414,43 @@ def open_members(members: list[Member], *, search: bool, partial: bool = False) 
         reader = MultiVolumeDump(volumes, partial=partial)
         memory = Memory(reader.chunks)
         cpus = reader.cpus(memory)
-        dump = Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=reader.meta())
+        dump = Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=reader.meta(),
+                    resources=[reader])
     except BaseException:
         for m in found:
             m.source.close()
         raise
     dump.sources = [m.source.name for m in members + found]
-    dump.resources = [m.source for m in members + found]
+    dump.resources += [m.source for m in members + found]
     return dump
+
+
+def check(source: Source) -> Report | None:
+    """`dumpfs check` of a disk with the multi-volume dump tool (zgetdump's dt_s390mv): its
+    settings, the volumes of its set, and the dump; None for any other source."""
+    m = member(source)
+    if m is None or m.table_raw is None:
+        return None
+    report = Report.for_tool("Multi-volume DASD dump tool (extended)", int(m.dumper.rsplit("v", 1)[1]),
+                             f"Dump size limit...: {size_limit(m.tail)}",
+                             f"Force specified...: {'yes' if m.tail.mvdump_force else 'no'}",
+                             f"Volumes...........: {m.table.num_param}")
+    report.dump_from(lambda: open_members([m], search=source.is_block_device, partial=True))
+    try:
+        found = search_disks([m]) if source.is_block_device else []
+        volumes = assemble([m] + found)
+        report.lines += [f"  Volume {volume_line(v)}" for v in volumes.volumes]
+        for f in found:
+            f.source.close()
+    except DumpError:
+        pass
+    return report
 
 
 def open(source: Source, *, partial: bool = False) -> Dump:
     m = member(source)
     if m is None:
-        raise DumpError(f"{source.name}: not part of a multi-volume dump")
+        raise NoDump(f"{source.name}: not part of a multi-volume dump")
     return open_members([m], search=source.is_block_device, partial=partial)
 
 

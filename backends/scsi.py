@@ -22,12 +22,12 @@ import struct
 from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
 from dumpfs.backends import elf
-from dumpfs.model import Dump, DumpError
-from dumpfs.source import FileSource, Source, WindowSource
+from dumpfs.errors import DamagedDump, DumpError, NoDump, Problem
+from dumpfs.model import Dump
+from dumpfs.source import Source, WindowSource
 
-from .sysblock import parent_disk
-
-NAME = "scsi"
+from .devcheck import Report
+from .probe import Probe
 
 ZIPL_MAGIC = b"zIPL"
 SB_MAGIC = b"ZFCPDUMP"
@@ -82,7 +82,7 @@ def cksm(data: bytes, seed: int) -> int:
     return total
 
 
-def _boot_info(source: Source):
+def _boot_info(source: Source | Probe):
     raw = source.read(0, BOOT_INFO_OFFSET + ScsiBootInfo.sizeof())
     if len(raw) < BOOT_INFO_OFFSET + ScsiBootInfo.sizeof() or raw[:4] != ZIPL_MAGIC:
         return None
@@ -92,22 +92,18 @@ def _boot_info(source: Source):
     return info
 
 
-def detect(source: Source) -> bool:
-    """A whole SCSI dump disk (zipl MBR with a SCSI dump record), an interrupted dump
-    partition, or the dump partition device of a SCSI dump disk that sysfs names."""
-    return _boot_info(source) is not None or source.read(0, len(BUSY)) == BUSY or \
-        _superblock_of_partition(source) is not None
+def detect(probe: Source | Probe) -> bool:
+    """A whole SCSI dump disk (zipl MBR with a SCSI dump record) or an interrupted dump
+    partition (the dump partition device of a SCSI dump disk: `open_partition`)."""
+    return _boot_info(probe) is not None or probe.read(0, len(BUSY)) == BUSY
 
 
 def open(source: Source) -> Dump:
-    sb = _superblock_of_partition(source)
-    if sb is not None:                      # the partition device itself: the dump is at part byte 0
-        return _open_partition(source, 0, sb, source.name)
     name = source.name
     info = _boot_info(source)
     if info is None:
-        raise DumpError(f"{name}: zfcpdump was interrupted: the partition starts with "
-                        f"'zfcpdump busy', the ELF header is written last")
+        raise DamagedDump(f"{name}: zfcpdump was interrupted: the partition starts with "
+                          f"'zfcpdump busy', the ELF header is written last")
     sb = _superblock(source, info)
     return _open_partition(source, sb.part_start, sb, f"{name}[partition at {sb.part_start:#x}]")
 
@@ -116,63 +112,92 @@ def _superblock(disk: Source, info):
     """The whole disk's SCSI dump superblock that `info` points to, checked for sanity."""
     raw = disk.read(info.block, Superblock.sizeof())
     if len(raw) < Superblock.sizeof():
-        raise DumpError(f"{disk.name}: truncated: the SCSI dump superblock at {info.block:#x} "
-                        f"is past the end of the disk ({disk.size:#x})")
+        raise DamagedDump(f"{disk.name}: truncated: the SCSI dump superblock at {info.block:#x} "
+                          f"is past the end of the disk ({disk.size:#x})")
     sb = Superblock.parse(raw)
     where = f"{disk.name}: SCSI dump superblock at {info.block:#x}"
     if sb.magic != SB_MAGIC:
-        raise DumpError(f"{where}: wrong magic {sb.magic.hex(' ')} (expected ZFCPDUMP)")
+        raise DamagedDump(f"{where}: wrong magic {sb.magic.hex(' ')} (expected ZFCPDUMP)")
     if sb.part_start + sb.part_size > disk.size or sb.part_size == 0 or \
             sb.dump_offset + sb.dump_size > sb.part_size or sb.csum_size > MAX_CSUM_SIZE:
-        raise DumpError(f"{where}: absurd layout: partition {sb.part_start:#x}+{sb.part_size:#x}, "
-                        f"dump {sb.dump_offset:#x}+{sb.dump_size:#x}, checksummed {sb.csum_size:#x} "
-                        f"bytes, disk of {disk.size:#x} bytes")
+        raise DamagedDump(f"{where}: absurd layout: partition {sb.part_start:#x}+{sb.part_size:#x}, "
+                          f"dump {sb.dump_offset:#x}+{sb.dump_size:#x}, checksummed {sb.csum_size:#x} "
+                          f"bytes, disk of {disk.size:#x} bytes")
     return sb
 
 
-def _superblock_of_partition(source: Source):
-    """The superblock of the SCSI dump disk whose dump partition `source` is (a partition
-    device such as /dev/sda1, its disk found through sysfs), or None."""
-    parent = parent_disk(source)            # None unless a partition block device
-    if parent is None:
-        return None
-    path, start = parent
+def open_partition(partition: Source, disk: Source, start: int) -> Dump | None:
+    """The dump partition device at byte `start` of the SCSI dump disk `disk`, if its superblock
+    describes that partition (else None): the dump is at the partition's byte 0."""
+    sb = _partition_superblock(disk, start)
+    return None if sb is None else _open_partition(partition, 0, sb, partition.name)
+
+
+def _partition_superblock(disk: Source, start: int):
+    """The superblock of the SCSI dump disk `disk` if its dump partition starts at `start`."""
+    info = _boot_info(disk)
     try:
-        disk = FileSource(path)
-    except DumpError:
-        return None
-    try:
-        info = _boot_info(disk)
         sb = _superblock(disk, info) if info is not None else None
     except DumpError:                       # the disk's damage is said when the disk is opened
         return None
-    finally:
-        disk.close()
     return sb if sb is not None and sb.part_start == start else None
+
+
+def _partition_checksum(source: Source, base: int, sb) -> int:
+    """CKSM of the range the superblock checksums, in the dump partition at byte `base`."""
+    return cksm(source.read(base + sb.csum_offset, sb.csum_size), CSUM_SEED)
+
+
+def check(source: Source) -> Report | None:
+    """`dumpfs check` of a SCSI dump disk (zgetdump's dt_scsi): the superblock, its checksum and
+    what the dump partition starts with; None for any other source."""
+    info = _boot_info(source)
+    if info is None:
+        return None
+    report = Report("Single-volume SCSI dump tool")
+    raw = source.read(info.block, Superblock.sizeof())
+    if len(raw) < Superblock.sizeof() or raw[:len(SB_MAGIC)] != SB_MAGIC:
+        report.dump = f"no SCSI dump superblock at {info.block:#x}"
+        return report
+    sb = Superblock.parse(raw)
+    report = Report.for_tool(report.tool, sb.version, f"Maximum dump size.: {sb.dump_size >> 20} MB")
+    if _partition_checksum(source, sb.part_start, sb) != sb.csum:
+        report.dump = "superblock checksum does not match: the dump partition changed"
+        return report
+    start = source.read(sb.part_start + sb.dump_offset, 16)
+    if start.startswith(BUSY[:-1]):
+        report.dump = "incomplete: zfcpdump was interrupted (zfcpdump busy)"
+    elif not any(start):
+        report.dump = "dump tool installed, no dump"
+    elif start[:4] == b"\x7fELF":
+        report.dump = f"ELF dump at partition offset 0 ({sb.dump_size >> 20} MB available)"
+        report.valid = True
+    else:
+        report.dump = f"partition starts with {start[:8].hex(' ')}, not a dump"
+    return report
 
 
 def _open_partition(source: Source, base: int, sb, label: str) -> Dump:
     """The dump in the dump partition at byte `base` of `source` (the disk, or the partition: 0)."""
     name = source.name
     problems = []
-    csum = cksm(source.read(base + sb.csum_offset, sb.csum_size), CSUM_SEED)
+    csum = _partition_checksum(source, base, sb)
     if csum != sb.csum:
-        problems.append(f"superblock checksum {sb.csum:#010x} does not match the partition "
-                        f"start ({csum:#010x}): the dump was changed or not finished")
+        problems.append(Problem(f"superblock checksum {sb.csum:#010x} does not match the partition "
+                                f"start ({csum:#010x}): the dump was changed or not finished"))
     start = base + sb.dump_offset
     head = source.read(start, 64)
     layout = f"SCSI dump disk, partition at {sb.part_start:#x} ({sb.part_size >> 20} MiB)"
     if head.startswith(BUSY):
-        raise DumpError(f"{name}: {layout}: zfcpdump was interrupted (the partition starts "
-                        f"with 'zfcpdump busy'; the ELF header is written last)")
+        raise DamagedDump(f"{name}: {layout}: zfcpdump was interrupted (the partition starts "
+                          f"with 'zfcpdump busy'; the ELF header is written last)")
     if not head.startswith(b"\x7fELF"):
         state = "holds zeros" if not any(head) else f"starts with {head[:8].hex(' ')}"
-        raise DumpError(f"no dump on {name}: {layout}; the dump area {state}")
+        raise NoDump(f"no dump on {name}: {layout}; the dump area {state}")
     dump = elf.open(WindowSource(source, start, sb.dump_size, label))
     dump.meta.writer = "zfcpdump"
     dump.meta.details.update({"layout": layout, "superblock version": sb.version,
                               "dump area": f"{sb.dump_size >> 20} MiB at partition offset "
                                            f"{sb.dump_offset:#x}"})
     dump.meta.problems[:0] = problems
-    dump.meta.complete = not dump.meta.problems
     return dump

@@ -1,15 +1,33 @@
-"""Block devices through sysfs: a partition's disk, a DASD's CCW bus ID, every disk.
+"""Block devices: their block size, and through sysfs a partition's disk, a DASD's CCW bus ID,
+every disk.
 
 Linux only; everything answers None (or nothing) where sysfs does not know.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
+import struct
 
 from dumpfs.source import Source
+
+BLKSSZGET = 0x1268                     # ioctl: logical block size of a block device
+DEFAULT_BLOCK_SIZE = 4096              # image files; ECKD dump partitions have 4 KiB blocks
+
+
+def block_size(source: Source) -> int:
+    """The device block size (zgetdump: BLKSSZGET); 4 KiB for image files."""
+    if source.is_block_device and hasattr(source, "fd"):
+        try:
+            size = struct.unpack("i", fcntl.ioctl(source.fd, BLKSSZGET, bytes(4)))[0]
+            if size in (512, 1024, 2048, 4096):
+                return size
+        except OSError:
+            pass
+    return DEFAULT_BLOCK_SIZE
 
 
 def _sysfs_dir(source: Source) -> str | None:

@@ -31,15 +31,15 @@ import sys
 from construct import Int8ub, Int16ul, Struct
 
 from dumpfs.arch import s390x
-from dumpfs.model import Dump, DumpError, Memory
+from dumpfs.errors import DamagedDump, MissingPart, NoDump, Problem
+from dumpfs.model import Dump, Memory
 from dumpfs.source import FileSource, Source
 
 from . import s390
 from dumpfs.s390dump import HEADER_SIZE, MAGIC_S390, MAGIC_S390_EXT, DumpHeader
 
+from .probe import Probe
 from .s390 import Layout
-
-NAME = "tape"
 
 TAPE_BLOCK = 32768                      # memory bytes per tape block
 TOOL_SIZE = 0x3000                      # the tape dump tool: one block, file 1
@@ -126,15 +126,12 @@ def is_aws(source: Source) -> bool:
     return True
 
 
-def detect(source: Source) -> bool:
-    return is_aws(source) or plain_base(source) is not None
+def detect(probe: Source | Probe) -> bool:
+    """An AWSTAPE file or a plain tape image (the end marker is in the probe's tail)."""
+    return is_aws(probe) or plain_base(probe) is not None
 
 
 # -- reading tape blocks sequentially -------------------------------------------------------
-
-class TapeEnd(Exception):
-    """The medium ended inside a block (truncated AWSTAPE file)."""
-
 
 def aws_blocks(source: Source):
     """Blocks of an AWSTAPE file in order: bytes, or None for a tapemark."""
@@ -143,10 +140,10 @@ def aws_blocks(source: Source):
         raw = source.read(offset, 6)
         if not raw:
             if parts:
-                raise TapeEnd(f"the file ends inside a block at {offset:#x}")
+                raise DamagedDump(f"the file ends inside a block at {offset:#x}")
             return
         if len(raw) < 6:
-            raise TapeEnd(f"the file ends inside a block header at {offset:#x}")
+            raise DamagedDump(f"the file ends inside a block header at {offset:#x}")
         h = AwsHeader.parse(raw)
         if h.flags1 & AWS_TAPEMARK:
             offset += 6
@@ -154,8 +151,8 @@ def aws_blocks(source: Source):
             continue
         data = source.read(offset + 6, h.curblkl)
         if len(data) < h.curblkl:
-            raise TapeEnd(f"the file ends inside a block at {offset:#x} "
-                          f"({len(data)} of {h.curblkl} bytes)")
+            raise DamagedDump(f"the file ends inside a block at {offset:#x} "
+                              f"({len(data)} of {h.curblkl} bytes)")
         parts.append(data)
         offset += 6 + h.curblkl
         if h.flags1 & AWS_ENDREC or not h.flags1:
@@ -169,7 +166,7 @@ def device_blocks(fd: int, limit: int = 1 << 18):
         try:
             data = os.read(fd, limit)
         except OSError as e:
-            raise TapeEnd(f"read error: {e.strerror}") from None
+            raise DamagedDump(f"read error: {e.strerror}") from None
         yield data if data else None
 
 
@@ -240,9 +237,9 @@ def _scan(blocks, out, facts: dict, name: str):
             block = next(stream, None)
         if block is None or len(block) != HEADER_SIZE or \
                 struct.unpack_from(">Q", block)[0] not in (MAGIC_S390, MAGIC_S390_EXT):
-            raise DumpError(f"{name}: no dump on the tape: file 2 does not start with a "
-                            f"4096-byte s390 dump header"
-                            + (f" (found a {len(block)}-byte block)" if block else ""))
+            raise NoDump(f"{name}: no dump on the tape: file 2 does not start with a "
+                         f"4096-byte s390 dump header"
+                         + (f" (found a {len(block)}-byte block)" if block else ""))
         out.write(block)
         hdr = DumpHeader.parse(block)
         bar = _progress(hdr.mem_size, name)
@@ -276,7 +273,7 @@ def _scan(blocks, out, facts: dict, name: str):
             out.write(block.ljust(16, b"\0"))
         else:
             problems.append("no end marker after the memory: the dump was interrupted")
-    except TapeEnd as e:
+    except DamagedDump as e:     # the medium ended inside a block, or a read failed
         problems.append(f"{e}: the tape image is truncated")
     return bar
 
@@ -284,8 +281,6 @@ def _scan(blocks, out, facts: dict, name: str):
 # -- the dump ---------------------------------------------------------------------------------
 
 class TapeDump(s390.S390Dump):
-    format_name = "s390tape"
-
     def meta(self):
         meta = super().meta()
         meta.format = "s390tape"
@@ -296,16 +291,16 @@ class TapeDump(s390.S390Dump):
 def _open_flat(source: Source, base: int, description: str, problems=()) -> Dump:
     hdr = _dump_header_at(source, base)
     if hdr is None:
-        raise DumpError(f"{source.name}: no s390 dump header at {base:#x}")
+        raise DamagedDump(f"{source.name}: no s390 dump header at {base:#x}")
     reader = TapeDump(source, Layout(base, description), flat=True)
-    for problem in problems:
-        if problem not in reader.problems:
-            reader.problems.insert(0, problem)
+    for text in problems:           # the cache's facts keep them as text
+        if Problem(text) not in reader.problems:
+            reader.problems.insert(0, Problem(text))
     memory = Memory(reader.chunks)
     cpus = reader.cpus(memory)
     meta = reader.meta()
     meta.details["layout"] = description
-    return Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=meta)
+    return Dump(arch=s390x.ARCH, page_size=4096, memory=memory, cpus=cpus, meta=meta, resources=[reader])
 
 
 def _open_cache(path: str, facts: dict, name: str) -> Dump:
@@ -330,7 +325,7 @@ def open(source: Source) -> Dump:
         return dump
     base = plain_base(source)
     if base is None:
-        raise DumpError(f"{source.name}: not a tape dump image")
+        raise NoDump(f"{source.name}: not a tape dump image")
     return _open_flat(source, base, "plain tape image" + (", dump tool block first" if base else ""))
 
 
@@ -359,7 +354,7 @@ def open_device(path: str) -> Dump:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
-        raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+        raise MissingPart(f"{path}: cannot open: {e.strerror}") from None
     try:
         return read_tape(fd, path)
     finally:

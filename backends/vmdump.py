@@ -25,11 +25,9 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, 
 
 from dumpfs.arch import s390x
 from dumpfs.s390dump import tod_to_datetime
-from dumpfs.model import (Cpu, Dump, DumpError, DumpMeta, Memory, MemoryChunk, MemoryUnavailable,
-                          PageCache, PageState, may_wait)
+from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Unsupported
+from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
-
-NAME = "vmdump"
 
 RECORD = 4096
 PAGE = 4096
@@ -237,39 +235,39 @@ _LOW_BIT = bytes(b & 1 for b in range(256))
 class VmDump:
     def __init__(self, source: Source):
         self.source = source
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         name = source.name
         self.adsr = Adsr.parse(source.read_exact(0, Adsr.sizeof(), "ADSR"))
         self.fmbk = fmbk = Fmbk.parse(source.read_exact(RECORD, Fmbk.sizeof(), "FMBK record"))
         if fmbk.id != FMBK_ID:
-            raise DumpError(f"{name}: VMDUMP record 2 is not an FMBK (found {fmbk.id.hex(' ')})")
+            raise DamagedDump(f"{name}: VMDUMP record 2 is not an FMBK (found {fmbk.id.hex(' ')})")
         if not 3 <= fmbk.rec_nr_fir < fmbk.rec_nr_access or fmbk.rec_nr_access > source.size // RECORD + 1:
-            raise DumpError(f"{name}: FMBK record numbers are absurd (FIR {fmbk.rec_nr_fir}, "
-                            f"access list {fmbk.rec_nr_access}, file of {source.size // RECORD} records)")
+            raise DamagedDump(f"{name}: FMBK record numbers are absurd (FIR {fmbk.rec_nr_fir}, "
+                              f"access list {fmbk.rec_nr_access}, file of {source.size // RECORD} records)")
         fir_offset = (fmbk.rec_nr_fir - 1) * RECORD
         fir = source.read_exact(fir_offset, FIR_SIZE, "FIR record")
         self.fir_format = fir[FIR_FORMAT_OFFSET]
         if self.fir_format == FIR_ESA:
-            raise DumpError(f"{name}: 31-bit ESA/390 VMDUMP (FIR format 0x00, z/VM before 5.2); "
-                            f"only 64-bit dumps are supported")
+            raise Unsupported(f"{name}: 31-bit ESA/390 VMDUMP (FIR format 0x00, z/VM before 5.2); "
+                              f"only 64-bit dumps are supported")
         if self.fir_format not in (FIR_BIG, FIR_CLASSIC):
-            raise DumpError(f"{name}: unknown VMDUMP FIR format {self.fir_format:#04x}")
+            raise Unsupported(f"{name}: unknown VMDUMP FIR format {self.fir_format:#04x}")
         online = struct.unpack_from(">H", fir, FIR_ONLINE_CPUS_OFFSET)[0]
         if online + 1 > MAX_CPUS:
-            raise DumpError(f"{name}: FIR says {online + 1} CPUs, more than {MAX_CPUS}")
+            raise DamagedDump(f"{name}: FIR says {online + 1} CPUs, more than {MAX_CPUS}")
         others = source.read(fir_offset + FIR_SIZE, online * FIR_OTHER_SIZE)
         registers = [registers_from_fir(fir, FIR_FIRST)]
         for i in range(len(others) // FIR_OTHER_SIZE):
             registers.append(registers_from_fir(others[i * FIR_OTHER_SIZE:(i + 1) * FIR_OTHER_SIZE], FIR_OTHER))
         if len(registers) < online + 1:
-            self.problems.append(f"FIR records of CPUs {len(registers)}-{online} are cut off")
+            self.problems.append(Problem(f"FIR records of CPUs {len(registers)}-{online} are cut off"))
         self.registers = registers
         self.storage_size = fir_storage = _u(fir, 0x280, 8)
         asizbk_offset = fmbk.rec_nr_access * RECORD
         raw = source.read_exact(asizbk_offset, RECORD, "ASIZBK record")
         if raw[:8] != ASIZBK_ID:
-            raise DumpError(f"{name}: invalid ASIZBK record at {asizbk_offset:#x} "
-                            f"(found {raw[:8].hex(' ')})")
+            raise DamagedDump(f"{name}: invalid ASIZBK record at {asizbk_offset:#x} "
+                              f"(found {raw[:8].hex(' ')})")
         map_start = asizbk_offset + RECORD
         if self.fir_format == FIR_BIG:
             self.map = self._big_map(Asizbk.parse(raw), map_start)
@@ -288,7 +286,7 @@ class VmDump:
         end = max((last + 1 for _, last in asizbk.requested_range_table[:count]), default=0)
         size = end or asizbk.storage_size_def_store
         if size == 0 or size > MAX_MEM_SIZE:
-            raise DumpError(f"{name}: ASIZBK storage size {size:#x} is absurd")
+            raise DamagedDump(f"{name}: ASIZBK storage size {size:#x} is absurd")
         total = -(-size // PAGE)
         groups: list[int | None] = []
         position = map_start
@@ -296,8 +294,8 @@ class VmDump:
         while len(groups) < total_groups:
             index = self.source.read(position, RECORD)
             if len(index) < RECORD:
-                raise DumpError(f"{name}: truncated: index page at {position:#x} of the page map "
-                                f"is cut off (file ends at {self.source.size:#x})")
+                raise DamagedDump(f"{name}: truncated: index page at {position:#x} of the page map "
+                                  f"is cut off (file ends at {self.source.size:#x})")
             position += RECORD
             for i in range(min(INDEX_BITS, total_groups - len(groups))):
                 if index[i >> 3] & (0x80 >> (i & 7)):
@@ -306,21 +304,21 @@ class VmDump:
                 else:
                     groups.append(None)
         if position > self.source.size:
-            raise DumpError(f"{name}: truncated: the page map ends at {position:#x}, "
-                            f"the file at {self.source.size:#x}")
+            raise DamagedDump(f"{name}: truncated: the page map ends at {position:#x}, "
+                              f"the file at {self.source.size:#x}")
         return PageMap(self.source, total, groups, position)
 
     def _classic_map(self, asibk, map_start: int) -> PageMap:
         size = asibk.storage_size_2GB
         if size == 0:
-            raise DumpError(f"{self.source.name}: classic ASIBK storage size is 0")
+            raise DamagedDump(f"{self.source.name}: classic ASIBK storage size is 0")
         total = size // PAGE
         bitmap_records = -(-(total // 8) // RECORD)
         key_records = -(-total // GROUP_PAGES)
         data_start = map_start + (bitmap_records + key_records) * RECORD
         if data_start > self.source.size:
-            raise DumpError(f"{self.source.name}: truncated: the page bitmap ends at {data_start:#x}, "
-                            f"the file at {self.source.size:#x}")
+            raise DamagedDump(f"{self.source.name}: truncated: the page bitmap ends at {data_start:#x}, "
+                              f"the file at {self.source.size:#x}")
         groups = [map_start] * (-(-total // GROUP_PAGES))
         return PageMap(self.source, total, groups, data_start, classic_bitmap=map_start)
 
@@ -330,8 +328,8 @@ class VmDump:
         held = max(0, (self.source.size - self.map.data_start) // PAGE)
         if held < stored:
             self.cut_page = held
-            self.problems.append(f"{stored - held} of {stored} stored pages are missing: "
-                                 f"the file ends at {self.source.size:#x}")
+            self.problems.append(Problem(f"{stored - held} of {stored} stored pages are missing: "
+                                         f"the file ends at {self.source.size:#x}"))
 
     def _cut_address(self) -> int | None:
         """Guest address of the first stored page the file lacks."""
@@ -424,7 +422,7 @@ class VmDump:
             details["symptom"] = _ebcdic(symptom)
         when: datetime | None = tod_to_datetime(adsr.tod)
         return DumpMeta(format="vmdump", writer="z/VM VMDUMP", dump_time=when,
-                        complete=not self.problems, details=details, problems=self.problems)
+                        details=details, problems=self.problems)
 
 
 def _offset_reader(read_address, start: int):
@@ -435,8 +433,8 @@ def _offset_reader(read_address, start: int):
 
 def open(source: Source) -> Dump:
     if source.size < 3 * RECORD:
-        raise DumpError(f"{source.name}: truncated: a VMDUMP file has at least 3 records, "
-                        f"this one {source.size} bytes")
+        raise DamagedDump(f"{source.name}: truncated: a VMDUMP file has at least 3 records, "
+                          f"this one {source.size} bytes")
     reader = VmDump(source)
     return Dump(arch=s390x.ARCH, page_size=PAGE, memory=Memory(reader.chunks), cpus=reader.cpus(),
                 meta=reader.meta())

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from dumpfs.model import DumpError, MemoryUnavailable
+from dumpfs.errors import BadFile, DumpError, DumpfsError, MemoryUnavailable, Unavailable
 
 OK, BAD_INPUT, USAGE, MOUNT_FAILED, OUTPUT_FAILED, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
 
@@ -62,6 +62,14 @@ examples:
 """
 
 log = logging.getLogger("dumpfs")
+
+# The exit code of each kind of error in dumpfs.errors (README: 1 is bad input); the first
+# class an error is an instance of decides.
+ERROR_EXITS: tuple[tuple[type[DumpfsError], int], ...] = (
+    (DumpError, BAD_INPUT),         # no dump, a damaged dump, a missing part, an unsupported kind
+    (BadFile, BAD_INPUT),           # a vmlinux, System.map or BTF file that cannot be used
+    (Unavailable, BAD_INPUT),       # a piece of the dump cannot be read (convert, info)
+)
 
 
 class Failure(Exception):
@@ -120,12 +128,13 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
-def _build_root(dumps: list, paths: list[str]):
+def _build_root(dumps: list, contexts: list, paths: list[str]):
     from dumpfs.tree import Dir
     from dumpfs.views import build_tree
     if len(dumps) == 1:
-        return build_tree(dumps[0])
-    return Dir("", [build_tree(d, name) for d, name in zip(dumps, _unique_names(paths))])
+        return build_tree(dumps[0], contexts[0])
+    return Dir("", [build_tree(d, c, name)
+                    for d, c, name in zip(dumps, contexts, _unique_names(paths))])
 
 
 def _symbol_source_options(parser) -> None:
@@ -137,15 +146,15 @@ def _symbol_source_options(parser) -> None:
                         help="BTF of the dumped kernel (/sys/kernel/btf/vmlinux): types for proc/")
 
 
-def _kernel_sources(dumps: list, args) -> None:
-    """--vmlinux / --system-map / --btf go to each dump's kernel context."""
-    from dumpfs.kernel.context import kernel_context
+def _kernel_contexts(dumps: list, args) -> list:
+    """Each dump's KernelContext, with the --vmlinux / --system-map / --btf files."""
+    from dumpfs.kernel.context import KernelContext
     for option in ("vmlinux", "system_map", "btf"):
         path = getattr(args, option, None)
         if path is not None and not os.path.isfile(path):
             raise Failure(f"{path}: --{option.replace('_', '-')} file not found")
-    for dump in dumps:
-        kernel_context(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
+    return [KernelContext(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
+            for dump in dumps]
 
 
 def cmd_mount(args) -> int:
@@ -154,8 +163,8 @@ def cmd_mount(args) -> int:
     options = [o for o in options if o != "direct_io"]
     dumps = _open_all(args.sources, args.partial)
     mountpoint = _check_mountpoint(args.mountpoint)
-    _kernel_sources(dumps, args)
-    root = _build_root(dumps, [d.sources[0] if d.sources else "dump" for d in dumps])
+    contexts = _kernel_contexts(dumps, args)
+    root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps])
 
     from dumpfs import fuse
     if args.foreground:
@@ -260,13 +269,13 @@ def cmd_info(args) -> int:
     from dumpfs.views.info import info_json, info_text
     dumps = _open_all(args.sources, args.partial)
     try:
-        _kernel_sources(dumps, args)
+        contexts = _kernel_contexts(dumps, args)
         texts = []
-        for dump in dumps:
+        for dump, context in zip(dumps, contexts):
             if args.json:
-                texts.append(json.dumps(info_json(dump), indent=2, default=str) + "\n")
+                texts.append(json.dumps(info_json(dump, context), indent=2, default=str) + "\n")
             else:
-                text = info_text(dump)
+                text = info_text(dump, context)
                 texts.append(text + ("" if text.endswith("\n") else "\n"))
         sys.stdout.write("\n".join(texts))
         sys.stdout.flush()
@@ -487,12 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         _say(str(exc))
         return exc.code
-    except DumpError as exc:
-        _say(str(exc))
-        return BAD_INPUT
-    except MemoryUnavailable as exc:
-        _say(f"cannot read the dump: {exc}")
-        return BAD_INPUT
+    except DumpfsError as exc:
+        _say(f"cannot read the dump: {exc}" if isinstance(exc, Unavailable) else str(exc))
+        return next((code for kind, code in ERROR_EXITS if isinstance(exc, kind)), BAD_INPUT)
     except BrokenPipeError:
         # the reader went away (`dumpfs convert x - | head`): not worth a message
         try:

@@ -7,9 +7,15 @@
     │   ├── MissingPart         a part the dump needs is absent: a volume, a file, a device
     │   └── Unsupported         a valid dump of a kind or version dumpfs does not read
     ├── BadFile                 a file the user gave (vmlinux, System.map, BTF) cannot be used
+    │   └── BtfError            BTF that is not BTF or is damaged (a file's, or the dump's own)
     └── Unavailable             one piece cannot be read; everything else keeps being served
         ├── MemoryUnavailable   a physical (or virtual) range: hole, excluded, missing, corrupt
+        │   └── TranslationError    a virtual address without a physical page
         └── KernelUnavailable   a part of the kernel's state: symbols, types, log, tasks
+            ├── LogUnavailable      no kernel log can be read at all
+            ├── SymbolError         the kernel's kallsyms tables cannot be decoded
+            ├── TypeMissing         a struct, member or enum the type source lacks
+            └── WalkError           a kernel structure cannot be walked (unreadable, looping)
 
 Callers decide by class (and `Problem.severity`), so a message can be reworded
 without changing behaviour.  Damage found while opening that does not stop the
@@ -50,6 +56,10 @@ class BadFile(DumpfsError):
     """A file given by the user (vmlinux, System.map, BTF) is unusable or not this kernel's."""
 
 
+class BtfError(BadFile):
+    """Not BTF, or damaged BTF (from a file the user gave, or the dump's own); says what."""
+
+
 class Unavailable(DumpfsError):
     """One piece of the dump cannot be read; the rest of it is still served (EIO for the piece)."""
 
@@ -63,8 +73,31 @@ class MemoryUnavailable(Unavailable):
         self.reason = reason
 
 
+class TranslationError(MemoryUnavailable):
+    """A virtual address that has no physical page (not mapped, or the tables are unreadable)."""
+
+    def __init__(self, address: int, reason: str):
+        super().__init__(address, reason, virtual=True)
+
+
 class KernelUnavailable(Unavailable):
     """A part of the kernel's state (symbols, types, log, task list) cannot be read; says why."""
+
+
+class LogUnavailable(KernelUnavailable):
+    """No kernel log can be read at all (a partial log carries its problems instead)."""
+
+
+class SymbolError(KernelUnavailable):
+    """The kernel's own symbol tables (kallsyms) cannot be decoded; the message says why."""
+
+
+class TypeMissing(KernelUnavailable):
+    """A struct, member or enum the type source does not know; the message says which."""
+
+
+class WalkError(KernelUnavailable):
+    """A kernel structure cannot be walked (unreadable, looping, absurd); says why."""
 
 
 class Severity(enum.IntEnum):

@@ -26,7 +26,8 @@ from typing import Callable, Iterable
 import pyfuse3
 import trio
 
-from dumpfs.model import MemoryUnavailable, WouldBlock, without_waiting
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.model import WouldBlock, without_waiting
 from dumpfs.tree import Dir, Node
 
 log = logging.getLogger(__name__)

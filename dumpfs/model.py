@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
 from dumpfs.errors import DumpError, MemoryUnavailable  # noqa: F401  (until every import names dumpfs.errors)
+from dumpfs.errors import Problem, Severity
 
 
 class WouldBlock(Exception):
@@ -228,11 +229,21 @@ class DumpMeta:
     writer: str | None = None           # e.g. "qemu", "makedumpfile", "kernel"
     dump_time: datetime | None = None
     kernel_release: str | None = None
-    complete: bool = True
     dump_level: int | None = None
     compression: str | None = None
     details: dict[str, object] = field(default_factory=dict)   # format-specific facts for `info`
-    problems: list[str] = field(default_factory=list)          # what is damaged or missing
+    problems: list[Problem] = field(default_factory=list)      # what is damaged, missing or odd
+
+    @property
+    def complete(self) -> bool:
+        """Every byte and CPU the dump should hold is there: no problem is DAMAGE."""
+        return not any(problem.severity >= Severity.DAMAGE for problem in self.problems)
+
+    def add_problem(self, text: str, severity: Severity = Severity.DAMAGE) -> None:
+        """Record a problem once (a lazy scan may find the same one again)."""
+        problem = Problem(text, severity)
+        if problem not in self.problems:
+            self.problems.append(problem)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import stat
 
-from dumpfs.model import DumpError, WouldBlock, waiting_forbidden
+from dumpfs.errors import DamagedDump, MissingPart, NoDump
+from dumpfs.model import WouldBlock, waiting_forbidden
 
 
 class Source:
@@ -26,8 +27,8 @@ class Source:
     def read_exact(self, offset: int, length: int, what: str = "data") -> bytes:
         data = self.read(offset, length)
         if len(data) != length:
-            raise DumpError(f"{self.name}: truncated: {what} at offset {offset:#x} "
-                            f"needs {length} bytes, the source ends at {self.size:#x}")
+            raise DamagedDump(f"{self.name}: truncated: {what} at offset {offset:#x} "
+                              f"needs {length} bytes, the source ends at {self.size:#x}")
         return data
 
     def close(self) -> None:
@@ -42,17 +43,17 @@ class FileSource(Source):
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise DumpError(f"{path}: no such file or device") from None
+            raise MissingPart(f"{path}: no such file or device") from None
         except OSError as e:
-            raise DumpError(f"{path}: {e.strerror}") from None
+            raise MissingPart(f"{path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
-            raise DumpError(f"{path}: is a directory, not a dump")
+            raise NoDump(f"{path}: is a directory, not a dump")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise DumpError(f"{path}: not a regular file or block device")
+            raise NoDump(f"{path}: not a regular file or block device")
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+            raise MissingPart(f"{path}: cannot open: {e.strerror}") from None
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -28,6 +28,15 @@ def run_dumpfs(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedPro
                           timeout=timeout, **kwargs)
 
 
+def assert_info_refuses(path, message: str | None = None) -> None:
+    """`dumpfs info PATH` fails with one line on stderr (containing `message`), no traceback."""
+    done = run_dumpfs("info", path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    if message is not None:
+        assert message in done.stderr, done.stderr
+
+
 def is_mounted(path: Path) -> bool:
     target = os.path.abspath(path)
     with open("/proc/self/mounts") as f:

@@ -33,22 +33,42 @@ def truth(folder: str) -> dict:
     return json.loads((FIXTURES / folder / "truth.json").read_text())
 
 
+def _missing(what: str) -> FileNotFoundError:
+    """The shared fixtures are not where the tests look: fail loudly, never skip."""
+    return FileNotFoundError(f"{what} (set DUMPFS_SHARED to the directory holding fixtures/)")
+
+
 def folders() -> list[str]:
-    return sorted(p.parent.name for p in FIXTURES.glob("*/truth.json"))
+    """Every fixture folder; none found is an error (a test run without fixtures proves nothing)."""
+    found = sorted(p.parent.name for p in FIXTURES.glob("*/truth.json"))
+    if not found:
+        raise _missing(f"no fixture folder with a truth.json under {FIXTURES}")
+    return found
 
 
 def dumps(folder: str) -> list[dict]:
-    """truth.json's dump records whose file really is in the folder."""
-    return [d for d in truth(folder).get("dumps", []) if (FIXTURES / folder / d["file"]).exists()]
+    """truth.json's dump records; a record whose file is absent fails where it is used."""
+    return truth(folder).get("dumps", [])
 
 
 def all_dumps() -> list[tuple[str, dict]]:
     return [(folder, d) for folder in folders() for d in dumps(folder)]
 
 
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def unpacked(folder: str, name: str) -> Path:
     """The decompressed file for fixtures/<folder>/<name> (name may end in .xz)."""
     src = FIXTURES / folder / name
+    if not src.exists():
+        raise _missing(f"fixture {folder}/{name} not found under {FIXTURES}")
     if not name.endswith(".xz"):
         return src
     target = cache_dir() / folder / name[:-3]
@@ -63,14 +83,9 @@ def unpacked(folder: str, name: str) -> Path:
     if size is not None and tmp.stat().st_size != size:
         tmp.unlink()
         raise RuntimeError(f"{src}: unpacked to {tmp.stat().st_size} bytes, truth says {size}")
-    if record.get("raw_sha256"):
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        if digest.hexdigest() != record["raw_sha256"]:
-            tmp.unlink()
-            raise RuntimeError(f"{src}: sha256 of the unpacked file differs from truth.json")
+    if record.get("raw_sha256") and sha256_of(tmp) != record["raw_sha256"]:
+        tmp.unlink()
+        raise RuntimeError(f"{src}: sha256 of the unpacked file differs from truth.json")
     os.replace(tmp, target)
     return target
 

@@ -9,7 +9,8 @@ from elftools.elf.elffile import ELFFile
 
 import fixturecache as fc
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DamagedDump, MemoryUnavailable, NoDump, Severity, Unsupported
+from dumpfs.model import PageState
 
 ELF_DUMPS = [(folder, d["file"]) for folder, d in fc.all_dumps() if d["format"] == "elf"]
 
@@ -148,18 +149,18 @@ def test_overlapping_aliases_are_kept_once(tmp_path):
     dump.close()
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda b: b[:40], "truncated"),
-    (lambda b: b[:4] + b"\x01" + b[5:], "32-bit"),
-    (lambda b: b[:16] + b"\x02\x00" + b[18:], "not a core"),
-    (lambda b: b[:18] + b"\x28\x00" + b[20:], "machine 40"),
+@pytest.mark.parametrize("mutate,message,kind", [
+    (lambda b: b[:40], "truncated", DamagedDump),
+    (lambda b: b[:4] + b"\x01" + b[5:], "32-bit", Unsupported),
+    (lambda b: b[:16] + b"\x02\x00" + b[18:], "not a core", NoDump),
+    (lambda b: b[:18] + b"\x28\x00" + b[20:], "machine 40", Unsupported),
 ])
-def test_bad_headers(tmp_path, mutate, message):
+def test_bad_headers(tmp_path, mutate, message, kind):
     good = tmp_path / "good.elf"
     make_elf(good, [(0, 4096, 4096, 0x1000)])
     bad = tmp_path / "bad.elf"
     bad.write_bytes(mutate(good.read_bytes()))
-    with pytest.raises(DumpError, match=message):
+    with pytest.raises(kind, match=message):
         open_dump(str(bad))
 
 
@@ -169,8 +170,25 @@ def test_truncated_memory_is_reported_not_invented(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[:0x1000 + 8192])
     dump = open_dump(str(path))
-    assert not dump.meta.complete and "file ends" in dump.meta.problems[0]
+    assert not dump.meta.complete and "file ends" in str(dump.meta.problems[0])
+    assert dump.meta.problems[0].severity is Severity.DAMAGE
     assert len(dump.read_physical(0, 8192)) == 8192
     with pytest.raises(MemoryUnavailable):
         dump.read_physical(8192, 4096)
     dump.close()
+
+
+def test_detection_imports_only_the_backends_whose_magic_matches(tmp_path):
+    """The registry reads the header once and imports a backend module only on a magic match."""
+    import subprocess
+    import sys
+    path = tmp_path / "lazy.elf"
+    make_elf(path, [(0, 4096, 4096, 0x1000)])
+    code = ("import sys\nfrom dumpfs.backends import open_dump\n"
+            f"open_dump({str(path)!r}).close()\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('dumpfs.backends.'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {name.rsplit(".", 1)[1] for name in done.stdout.split()}
+    assert "elf" in loaded
+    assert not loaded & {"flattened", "kdump", "vmdump", "lkcd", "scsi", "s390mv", "tape", "s390",
+                         "ngdump"}, loaded

@@ -13,7 +13,8 @@ import pytest
 
 import fixturecache as fc
 from dumpfs.backends import elf, flattened, kdump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.source import FileSource
 
 PAGE = 4096
@@ -406,7 +407,7 @@ def test_half_kdump_opens_incomplete(tmp_path):
     full, dump = open_path(full_path), open_path(path)
     pages = present_pages(dump)
     assert not dump.meta.complete
-    assert any("truncated" in p for p in dump.meta.problems)
+    assert any("truncated" in p for p in map(str, dump.meta.problems))
     readable = unreadable = 0
     for address in sample_pages(pages, dump, 2000):
         try:
@@ -431,7 +432,7 @@ def test_half_flattened_stream_serves_what_exists(tmp_path):
     except DumpError as e:      # acceptable only if the half lost the headers
         assert "\n" not in str(e)
         return
-    assert not dump.meta.complete and "truncated stream" in dump.meta.problems[0]
+    assert not dump.meta.complete and "truncated stream" in str(dump.meta.problems[0])
     dump.close()
 
 
@@ -441,7 +442,7 @@ def test_flattened_without_terminator(tmp_path):
                        full_path.stat().st_size - 16)
     full, dump = open_path(full_path), open_path(path)
     assert not dump.meta.complete
-    assert any("no end marker" in p for p in dump.meta.problems)
+    assert any("no end marker" in p for p in map(str, dump.meta.problems))
     for address in sample_pages(present_pages(full), full, 500):
         assert dump.read_physical(address, PAGE) == full.read_physical(address, PAGE)
     dump.close()
@@ -601,7 +602,7 @@ def test_written_kdump_marked_incomplete(tmp_path):
     full = write_kdump(tmp_path / "full.kdump", pages, status=0x08)
     cut = full.stat().st_size - 10 * PAGE - 100
     dump = open_path(write_kdump(tmp_path / "cut.kdump", pages, status=0x08, cut=cut))
-    assert not dump.meta.complete and any("incomplete" in p for p in dump.meta.problems)
+    assert not dump.meta.complete and any("incomplete" in p for p in map(str, dump.meta.problems))
     for pfn in range(53):
         assert dump.read_physical(pfn * PAGE, PAGE) == pages[pfn][0]
     for pfn in range(53, 64):

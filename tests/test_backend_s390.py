@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
+import time
 
 import pytest
 
 import fixturecache as fc
 from dumpfs.arch import s390x
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.backends import s390 as backend
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.views import build_tree
 from dumpfs.views.dump_s390 import build_dump_s390
 from dumpfs.views.vmcore import build_vmcore
@@ -316,7 +320,7 @@ def test_missing_end_marker_serves_everything(tmp_path):
     _write(path, with_end_marker=False)
     dump = open_dump(str(path))
     assert not dump.meta.complete
-    assert dump.meta.problems == ["no end marker at 0x801000: the source ends at 0x801000"]
+    assert [str(p) for p in dump.meta.problems] == ["no end marker at 0x801000: the source ends at 0x801000"]
     assert dump.read_physical(0, 8 * MIB) == _pattern(0, 8 * MIB)
 
 
@@ -327,7 +331,7 @@ def test_truncated_image(tmp_path, kind):
     os.truncate(path, 0x1000 + 0x1000 + 5 * MIB + 123)
     dump = open_dump(str(path))
     assert not dump.meta.complete
-    assert any("cut off" in p or "missing" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("cut off" in p or "missing" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     assert dump.read_physical(0x100000, 3 * MIB) == _pattern(0x100000, 3 * MIB)
     with pytest.raises(MemoryUnavailable):
         dump.read_physical(6 * MIB, 4096)
@@ -342,7 +346,7 @@ def test_interrupted_extended_dump_with_zeros_after_it(tmp_path):
         f.truncate(os.path.getsize(path) + (512 << 20))     # sparse zeros, as after zipl -d
     dump = open_dump(str(path))
     assert not dump.meta.complete
-    assert "is empty and not the last one: the dump was interrupted" in dump.meta.problems[0]
+    assert "is empty and not the last one: the dump was interrupted" in str(dump.meta.problems[0])
     first = next(c for c in dump.memory if c.state is PageState.PRESENT)
     assert dump.read_physical(first.start, 4096) == _pattern(first.start, 4096)
     with pytest.raises(MemoryUnavailable):
@@ -375,7 +379,7 @@ def test_prefix_outside_memory_keeps_the_rest(tmp_path):
     _patch(path, 0x800, struct.pack(">I", 0x7FFFF000))
     dump = open_dump(str(path))
     assert dump.cpus[0].registers == {"prefix": 0x7FFFF000} and dump.cpus[0].notes == []
-    assert "CPU 0: prefix page 0x7ffff000 unreadable" in dump.meta.problems[0]
+    assert "CPU 0: prefix page 0x7ffff000 unreadable" in str(dump.meta.problems[0])
     assert len(build_vmcore(dump).read(0, 8192)) == 8192
 
 
@@ -388,7 +392,7 @@ def test_overlapping_segments(tmp_path):
     first_start = image.segments[0][0]
     _patch(path, second, struct.pack(">Q", first_start))
     dump = open_dump(str(path))
-    assert any("overlaps the previous segment" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("overlaps the previous segment" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     assert dump.read_physical(0, 16 * MIB)[:4096] == _pattern(0, 4096)
     assert [c.start for c in dump.memory] == sorted(c.start for c in dump.memory)
 
@@ -408,20 +412,43 @@ def test_corrupt_zlib_entry_is_unavailable_alone(tmp_path):
     assert dump.read_physical(start + MIB, 4096) == _pattern(start + MIB, 4096)
 
 
+class DecodesInFlight(dict):
+    """A stand-in for S390Dump._decoding that counts the lookups finding entry (1, 0) being
+    decoded: each such reader is bound to wait for that decode instead of decoding again."""
+
+    def __init__(self):
+        super().__init__()
+        self.joined = threading.Semaphore(0)
+
+    def get(self, key, default=None):
+        event = super().get(key, default)
+        if event is not None and key == (1, 0):
+            self.joined.release()
+        return event
+
+
 def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     """FUSE readahead sends neighbouring requests in parallel: one decode serves them all."""
-    import threading
-    import time
-    from dumpfs.backends import s390 as backend
-
+    readers = 6
     decoded = []
-    original = backend.S390Dump._decode_entry
+    in_flight = DecodesInFlight()
+    original_init, original = backend.S390Dump.__init__, backend.S390Dump._decode_entry
 
-    def slow_decode(self, segment, index, key):
+    def watched_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._decoding = in_flight
+
+    def held_decode(self, segment, index, key):
         decoded.append(key)
-        time.sleep(0.05)
+        if key == (1, 0):
+            # the decode lasts until every other reader has found it in flight (or 30 s passed:
+            # a reader that decodes again instead shows in `decoded`, never as a hang)
+            deadline = time.monotonic() + 30
+            for _ in range(readers - 1):
+                in_flight.joined.acquire(timeout=max(0, deadline - time.monotonic()))
         return original(self, segment, index, key)
-    monkeypatch.setattr(backend.S390Dump, "_decode_entry", slow_decode)
+    monkeypatch.setattr(backend.S390Dump, "__init__", watched_init)
+    monkeypatch.setattr(backend.S390Dump, "_decode_entry", held_decode)
     path, image = images["v2"]
     dump = open_dump(str(path))
     start = image.segments[1][0]
@@ -429,7 +456,7 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     decoded.clear()
     results = []
     threads = [threading.Thread(target=lambda k=k: results.append(dump.read_physical(start + k * 4096, 4096)))
-               for k in range(6)]
+               for k in range(readers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -438,6 +465,23 @@ def test_parallel_reads_of_one_zlib_entry_decode_it_once(images, monkeypatch):
     assert set(decoded) <= {(1, 0), (1, 1)}, decoded     # (1, 1): read ahead, once at most
     assert len(decoded) == len(set(decoded)), decoded
     v1 = open_dump(str(images["v1"][0]))
-    assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(6))
+    assert sorted(results) == sorted(v1.read_physical(start + k * 4096, 4096) for k in range(readers))
     v1.close()
     dump.close()
+
+
+def test_closing_the_dump_stops_its_read_ahead_thread(images):
+    """Sequential reads of a compressed segment start a read-ahead thread; closing the dump ends it."""
+    import threading
+
+    def read_ahead_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("s390-zlib")]
+    path, image = images["v2"]
+    dump = open_dump(str(path))
+    start, length = image.segments[1][:2]
+    assert length >= 3 * MIB
+    for k in range(3):                      # whole entries in order: the next one is decoded ahead
+        dump.read_physical(start + k * MIB, MIB)
+    assert read_ahead_threads()
+    dump.close()
+    assert not read_ahead_threads()

@@ -19,7 +19,8 @@ import pytest
 import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump, open_paths
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from writers.elfcore import ElfCore
 from writers.tools import assert_oracle_converts_to, differing_pages, oracle, oracle_info
 from writers import loop
@@ -98,7 +99,7 @@ def test_a_missing_middle_volume_partial(volumes, reference):
         open_paths([str(paths[0]), str(paths[2])])
     dump = open_paths([str(paths[0]), str(paths[2])], partial=True)[0]
     assert not dump.meta.complete
-    assert any("volume 1 (device 0.0.5a11) is missing" in p for p in dump.meta.problems)
+    assert any("volume 1 (device 0.0.5a11) is missing" in p for p in map(str, dump.meta.problems))
     vol0_end = sum(image.segments[0][-1])
     vol2_start = image.segments[2][0][0]
     assert dump.memory.chunk_at(vol0_end).state is PageState.MISSING
@@ -206,7 +207,7 @@ def test_interrupted_dump(elf, tmp_path):
     paths, image = write_set(tmp_path, elf, stop_after_segments=4)
     dump = open_paths([str(p) for p in paths])[0]
     assert not dump.meta.complete
-    assert any("interrupted" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("interrupted" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     last = max(s + n for segments in image.segments for s, n in segments)
     assert dump.memory.chunk_at(last).state is PageState.MISSING
     dump.close()

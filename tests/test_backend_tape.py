@@ -15,7 +15,8 @@ import pytest
 import fixturecache as fc
 from conftest import run_dumpfs, unmount
 from dumpfs.backends import open_dump
-from dumpfs.model import DumpError, MemoryUnavailable, PageState
+from dumpfs.errors import DumpError, MemoryUnavailable
+from dumpfs.model import PageState
 from dumpfs.views.dump_s390 import build_dump_s390
 from writers.tools import assert_oracle_converts_to, differing_pages, oracle_info
 from writers import s390 as w
@@ -117,7 +118,7 @@ def test_truncated_tape(images, reference, tmp_path, kind):
     cut.write_bytes(source.read_bytes()[:keep])
     dump = open_dump(str(cut))
     assert dump.meta.format == "s390tape" and not dump.meta.complete
-    assert any("truncated" in p or "missing" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("truncated" in p or "missing" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     assert dump.read_physical(0, 19 * 32768) == reference(0, 19 * 32768)
     with pytest.raises(MemoryUnavailable):
         dump.read_physical(30 * 32768, 4096)

@@ -15,6 +15,8 @@ import pytest
 
 import fixturecache as fc
 from conftest import is_mounted, run_dumpfs, unmount
+from dumpfs.backends import open_dump
+from dumpfs.errors import DamagedDump, MissingPart, NoDump, Unsupported
 
 CUTS = {"100KiB": 100 << 10, "1000B": 1000}
 
@@ -164,3 +166,28 @@ def test_convert_to_unwritable_output(tmp_path):
     assert done.returncode == 4
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and str(target) in lines[0], lines
+
+
+@pytest.mark.parametrize("kind,error", [("empty", NoDump), ("directory", NoDump),
+                                        ("missing", MissingPart), ("unknown", NoDump)])
+def test_not_a_dump_is_said_by_class(kind, error, tmp_path):
+    """Callers decide by the class of the error, never by its text."""
+    source = tmp_path / kind
+    if kind == "empty":
+        source.write_bytes(b"")
+    elif kind == "directory":
+        source.mkdir()
+    elif kind == "unknown":
+        source.write_bytes(b"not a dump at all" * 100)
+    with pytest.raises(error):
+        open_dump(str(source))
+
+
+@pytest.mark.parametrize("name,error", [("elf-32bit-class", Unsupported), ("elf-unknown-machine", Unsupported),
+                                        ("elf-not-core", NoDump), ("elf-bad-byte-order", DamagedDump),
+                                        ("elf-phoff-past-end", DamagedDump), ("elf-bad-magic", NoDump)])
+def test_corrupted_header_is_said_by_class(name, error, bad_dir):
+    path = bad_dir / f"{name}-by-class"
+    path.write_bytes(CORRUPTIONS[name](elf_head()))
+    with pytest.raises(error):
+        open_dump(str(path))

@@ -10,9 +10,9 @@ import os
 import pytest
 
 import fixturecache as fc
+from dumpfs.errors import TypeMissing
 from dumpfs.kernel.btf import btf_from_file
 from dumpfs.kernel.dwarf import HINT_UNITS, MAX_EXTRA_UNITS, WANTED_ENUMS, WANTED_STRUCTS, DwarfTypes
-from dumpfs.kernel.types import TypeMissing
 
 CASES = [("x86_64-debian11", "qemu-elf.vmcore.xz", "BTF in the .BTF section of"),
          ("s390x-debian", "qemu-dgm.elf.xz", "DWARF of")]

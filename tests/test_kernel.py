@@ -13,18 +13,17 @@ import pytest
 
 import fixturecache as fc
 from conftest import time_limit
-from dumpfs.arch import x86_64
 from dumpfs.backends import open_dump
-from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.kernel.printk import LogUnavailable, format_dmesg, read_kernel_log
+from dumpfs.arch.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
+from dumpfs.errors import KernelUnavailable, LogUnavailable, MemoryUnavailable, TranslationError
+from dumpfs.kernel.address_space import IdentitySpace, KernelMemory, TableCache, kernel_memory
+from dumpfs.kernel.context import KernelContext
+from dumpfs.kernel.printk import format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
                                    kaslr_offset, kernel_symbols)
-from dumpfs.kernel.translate import (IdentitySpace, KernelMemory, TableCache, TranslationError,
-                                     kernel_memory, user_address_space)
-from dumpfs.kernel.x86_64_paging import START_KERNEL_MAP, X86_64Paging, page_offset_base
-from dumpfs.model import (Cpu, Dump, DumpMeta, Memory, MemoryChunk, MemoryUnavailable, Note,
-                          PageState, VmcoreInfo)
+from dumpfs.model import Dump
 from dumpfs.views import build_tree
+from synthetic import synthetic_dump, x86_64_prstatus
 
 FULL_DUMPS = [("x86_64-custom", "qemu-elf.vmcore.xz"), ("x86_64-debian", "qemu-elf.vmcore.xz"),
               ("s390x-custom", "qemu-dgm.elf.xz"), ("s390x-debian", "qemu-dgm.elf.xz")]
@@ -39,6 +38,16 @@ def dump_of(folder: str, name: str) -> Dump:
 
 def first_dump(folder: str) -> Dump:
     return dump_of(*next(d for d in FULL_DUMPS if d[0] == folder))
+
+
+_contexts: dict[int, tuple[Dump, KernelContext]] = {}
+
+
+def kernel_context(dump: Dump) -> KernelContext:
+    """One context per dump, as one mount has (the dump is kept, so its id stays its own)."""
+    if id(dump) not in _contexts:
+        _contexts[id(dump)] = (dump, KernelContext(dump))
+    return _contexts[id(dump)][1]
 
 
 @lru_cache(maxsize=None)
@@ -73,7 +82,8 @@ def read_file(tree, path: str) -> bytes:
 @pytest.mark.parametrize("folder,name", FULL_DUMPS)
 def test_kernel_log_release_and_symbols_view(folder, name):
     truth = fc.truth(folder)
-    tree = build_tree(dump_of(folder, name))
+    dump = dump_of(folder, name)
+    tree = build_tree(dump, kernel_context(dump))
     log = read_file(tree, "kernel/log").decode()
     lines = log.splitlines()
     assert lines[-len(truth["log_tail_raw"]):] == truth["log_tail_raw"]
@@ -96,7 +106,8 @@ def test_kernel_log_release_and_symbols_view(folder, name):
 def test_kernel_log_matches_makedumpfile_dump_dmesg(folder):
     """Single-line records: identical to `makedumpfile --dump-dmesg` (which indents
     continuation lines instead of repeating the prefix, as the guest's dmesg does)."""
-    ours = read_file(build_tree(first_dump(folder)), "kernel/log").decode().splitlines()
+    dump = first_dump(folder)
+    ours = read_file(build_tree(dump, kernel_context(dump)), "kernel/log").decode().splitlines()
     theirs = (fc.FIXTURES / folder / "validation-mkdf-dmesg.txt").read_text().splitlines()
     assert ours == theirs
 
@@ -112,7 +123,7 @@ def test_multiline_record_gets_a_prefix_per_line_as_dmesg_shows():
 def test_kernel_log_from_a_filtered_kdump():
     """makedumpfile -d 31 keeps kernel pages: the log reads the same."""
     dump = dump_of("x86_64-custom", "mkdf-lzo-d31.kdump.xz")
-    lines = read_file(build_tree(dump), "kernel/log").decode().splitlines()
+    lines = read_file(build_tree(dump, kernel_context(dump)), "kernel/log").decode().splitlines()
     assert lines[-40:] == fc.truth("x86_64-custom")["log_tail_raw"]
 
 
@@ -189,7 +200,7 @@ def test_x86_64_user_space_from_cr3():
     kmem = kernel_context(dump).memory
     banner = fc.truth("x86_64-custom")["symbols"]["linux_banner"]
     for cpu in dump.cpus.values():
-        space = user_address_space(dump, cpu.registers["cr3"])
+        space = dump.arch.kernel.user_space(dump, cpu.registers["cr3"], TableCache(dump))
         assert space.translate(banner)[0] == kmem.translate(banner)
 
 
@@ -233,12 +244,7 @@ def test_synthetic_x86_64_page_tables_large_pages_and_5_levels():
     # 5-level: PML5 0x7000 -> P4D 0x1000 (the 4-level PGD) at index 511
     table(0x7000, {511: 0x1003})
 
-    def read(offset, length):
-        page = offset & ~0xFFF
-        return pages.get(page, bytes(4096))[offset - page:offset - page + length]
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, 0x8000, PageState.PRESENT, read)]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(memory={0: b"".join(pages.get(page, bytes(4096)) for page in range(0, 0x8000, 0x1000))})
     cache = TableCache(dump, capacity=2)
     base4 = 0xFFFFFF8000000000      # PGD index 511
     four = X86_64Paging(cache, 0x1000, 4)
@@ -305,9 +311,7 @@ def test_system_map_and_vmlinux_plus_kerneloffset_equal_kallsyms(folder):
 
 
 def test_symbols_without_kernel_memory_say_why():
-    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
-                meta=DumpMeta(format="synthetic"),
-                vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0\nSYMBOL(_stext)=ffffffff81000000\n"))
+    dump = synthetic_dump(vmcoreinfo=b"OSRELEASE=6.1.0\nSYMBOL(_stext)=ffffffff81000000\n")
     table = kernel_symbols(dump, None)
     assert table.address("_stext") == 0xFFFFFFFF81000000
     assert any("kallsyms" in p for p in table.problems)
@@ -357,13 +361,8 @@ def hostile_dump(count_bits: int, head_id: int, tail_id: int, descs: int, infos:
         struct.pack_into("<QQH", image, i, seq, 1000 * (index + 1), len(text))
         struct.pack_into("<Q", image, data - START_KERNEL_MAP + where, state_var & ((1 << 62) - 1))
         image[data - START_KERNEL_MAP + where + 8:data - START_KERNEL_MAP + where + 8 + len(text)] = text
-    raw = bytes(image)
-    chunk = MemoryChunk(0, len(raw), PageState.PRESENT, lambda off, n: raw[off:off + n])
-    prstatus = bytearray(336)
-    notes = [Note("CORE", 1, bytes(prstatus))]
-    return Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([chunk]),
-                cpus={0: Cpu(0, x86_64.decode_registers(notes), notes)},
-                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(printk_vmcoreinfo()))
+    return synthetic_dump(memory={0: bytes(image)}, cpus={0: [x86_64_prstatus()]},
+                          vmcoreinfo=printk_vmcoreinfo())
 
 
 DESCS, INFOS, DATA = (START_KERNEL_MAP + 0x10000, START_KERNEL_MAP + 0x20000,
@@ -414,8 +413,7 @@ def test_hostile_printk_is_bounded(case):
 
 
 def test_kernel_files_fail_with_eio_and_say_why():
-    dump = Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory([]), cpus={},
-                meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0-x\n"))
+    dump = synthetic_dump(vmcoreinfo=b"OSRELEASE=6.1.0-x\n")
     tree = build_tree(dump)
     with pytest.raises(OSError) as info:
         tree.walk("kernel/log").read(0, 100)
@@ -423,18 +421,15 @@ def test_kernel_files_fail_with_eio_and_say_why():
     assert read_file(tree, "kernel/release") == b"6.1.0-x\n"
     sources = read_file(tree, "kernel/sources").decode()
     assert "problem: kernel log:" in sources
-    assert any("kernel" in p for p in dump.meta.problems)
+    assert any("kernel" in p for p in map(str, dump.meta.problems))
     with pytest.raises(KernelUnavailable):
-        kernel_context(dump).log
+        KernelContext(dump).log
 
 
 def test_identity_space_and_kernel_memory_cstring_across_pages():
     data = bytearray(0x3000)
     data[0xFFA:0x1005] = b"hello world"
-    raw = bytes(data)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, 0x2000, PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(memory={0: bytes(data[:0x2000])})
     kmem = KernelMemory(dump, IdentitySpace())
     assert kmem.read_cstring(0xFFA, 100) == b"hello world"
     assert kmem.read_cstring(0xFFA, 5) == b"hello"
@@ -444,7 +439,7 @@ def test_identity_space_and_kernel_memory_cstring_across_pages():
 
 def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
     from dumpfs.arch import s390x
-    from dumpfs.kernel.s390x_dat import DatSpace
+    from dumpfs.arch.s390x_dat import DatSpace
     tables = bytearray(0x20000)
 
     def entry(table, index, value):
@@ -461,10 +456,7 @@ def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
     for i in range(256):
         struct.pack_into(">Q", tables, 0x10000 + i * 8, 0x400)   # PTEs invalid
     struct.pack_into(">Q", tables, 0x10000 + 5 * 8, 0x7000)      # page 5 -> 0x7000
-    raw = bytes(tables)
-    dump = Dump(arch=s390x.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"))
+    dump = synthetic_dump(arch=s390x.ARCH, memory={0: bytes(tables)})
     space = DatSpace.from_asce(TableCache(dump), 0x4000 | 0x04 | 0x03)
     assert space.translate(0x5123) == (0x7123, 0x1000 - 0x123)
     assert space.translate(0x100000 + 0x54321)[0] == 0x354321
@@ -481,7 +473,6 @@ def test_synthetic_s390x_dat_large_pages_and_invalid_entries():
 
 def test_pre_5_10_log_buf_records():
     """struct printk_log { u64 ts_nsec; u16 len, text_len, dict_len; u8 facility, flags; }"""
-    from dumpfs.kernel.translate import IdentitySpace
     buf, records = bytearray(0x1000), [(1_000_000, b"hello"), (2_500_000_000, b"two\nlines")]
     position = 0
     for ts, text in records:
@@ -496,10 +487,7 @@ def test_pre_5_10_log_buf_records():
             "SYMBOL(log_next_idx)=110\nSIZE(printk_log)=16\nOFFSET(printk_log.ts_nsec)=0\n"
             "OFFSET(printk_log.len)=8\nOFFSET(printk_log.text_len)=10\n"
             "OFFSET(printk_log.dict_len)=12\n")
-    raw = bytes(memory)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    dump = synthetic_dump(memory={0: bytes(memory)}, vmcoreinfo=info.encode())
     with time_limit(10):
         log = read_kernel_log(dump, KernelMemory(dump, IdentitySpace()))
     assert log.text() == (b"[    0.001000] hello\n[    2.500000] two\n[    2.500000] lines\n")
@@ -507,18 +495,14 @@ def test_pre_5_10_log_buf_records():
 
 @pytest.mark.parametrize("num_syms", [0, 5_000_000, 3_000_000])
 def test_hostile_kallsyms_is_bounded(num_syms):
-    from dumpfs.kernel.symbols import SymbolError
-    from dumpfs.kernel.translate import IdentitySpace
+    from dumpfs.errors import SymbolError
     rng = random.Random(num_syms)
     memory = bytearray(rng.randbytes(1 << 20))
     struct.pack_into("<I", memory, 0x1000, num_syms)
     info = ("SYMBOL(kallsyms_num_syms)=1000\nSYMBOL(kallsyms_names)=2000\n"
             "SYMBOL(kallsyms_token_table)=f0000\nSYMBOL(kallsyms_token_index)=f8000\n"
             "SYMBOL(kallsyms_offsets)=0\nSYMBOL(kallsyms_relative_base)=1008\n")
-    raw = bytes(memory)
-    dump = Dump(arch=x86_64.ARCH, page_size=4096,
-                memory=Memory([MemoryChunk(0, len(raw), PageState.PRESENT, lambda o, n: raw[o:o + n])]),
-                cpus={}, meta=DumpMeta(format="synthetic"), vmcoreinfo=VmcoreInfo(info.encode()))
+    dump = synthetic_dump(memory={0: bytes(memory)}, vmcoreinfo=info.encode())
     with time_limit(30):
         with pytest.raises(SymbolError):
             from_kallsyms(KernelMemory(dump, IdentitySpace()), dump.vmcoreinfo)
@@ -538,3 +522,55 @@ def test_kernel_log_and_release_of_every_fixture_dump(folder, record):
         assert read_file(tree, "kernel/release").decode() == truth["kernel_release"] + "\n"
     finally:
         dump.close()
+
+
+# ---------------------------------------------------------------------------
+# BTF enums: kind_flag says signed
+# ---------------------------------------------------------------------------
+
+def btf_blob(types: list[tuple[str, int, int, int, list[tuple[str, int]]]], prefix: str = "<") -> bytes:
+    """A BTF blob of enums: (name, kind, kind_flag, size, [(enumerator, raw unsigned value)])."""
+    strings = bytearray(b"\0")
+
+    def name_off(name: str) -> int:
+        strings.extend(name.encode() + b"\0")
+        return len(strings) - len(name) - 1
+    section = bytearray()
+    for name, kind, kind_flag, size, values in types:
+        info = kind << 24 | kind_flag << 31 | len(values)
+        section += struct.pack(prefix + "III", name_off(name), info, size)
+        for enumerator, value in values:
+            if kind == 6:                                   # BTF_KIND_ENUM: u32 name, s32 val
+                section += struct.pack(prefix + "II", name_off(enumerator), value)
+            else:                                           # BTF_KIND_ENUM64: name, lo32, hi32
+                section += struct.pack(prefix + "III", name_off(enumerator), value & 0xFFFFFFFF,
+                                       value >> 32)
+    header = struct.pack(prefix + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(section), len(section),
+                         len(strings))
+    return header + bytes(section) + bytes(strings)
+
+
+@pytest.mark.parametrize("prefix", ["<", ">"])
+def test_btf_enums_unsigned_unless_kind_flag(prefix):
+    from dumpfs.kernel.btf import KIND_ENUM, KIND_ENUM64, BtfTypes
+    btf = BtfTypes(btf_blob([
+        ("unsigned32", KIND_ENUM, 0, 4, [("BIG", 0x80000000), ("TOP", 0xFFFFFFFF), ("ONE", 1)]),
+        ("signed32", KIND_ENUM, 1, 4, [("MINUS_ONE", 0xFFFFFFFF), ("MAX", 0x7FFFFFFF)]),
+        ("unsigned64", KIND_ENUM64, 0, 8, [("HUGE", 1 << 63), ("TOP", (1 << 64) - 1)]),
+        ("signed64", KIND_ENUM64, 1, 8, [("MINUS_TWO", (1 << 64) - 2), ("FOUR", 4)]),
+    ], prefix))
+    assert btf.enum("unsigned32") == {"BIG": 2**31, "TOP": 2**32 - 1, "ONE": 1}
+    assert btf.enum("signed32") == {"MINUS_ONE": -1, "MAX": 2**31 - 1}
+    assert btf.enum("unsigned64") == {"HUGE": 2**63, "TOP": 2**64 - 1}
+    assert btf.enum("signed64") == {"MINUS_TWO": -2, "FOUR": 4}
+
+
+def test_layout_cache_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from dumpfs.kernel.types import LayoutCache
+    monkeypatch.setenv("DUMPFS_CACHE_DIR", str(tmp_path))
+    cache = LayoutCache("dwarf", "6.1.0", "abcdef")
+    with pytest.raises(TypeError):
+        cache.save({"structs": {1, 2}})             # not JSON: the write fails half way
+    assert list(cache.path.parent.iterdir()) == []
+    cache.save({"structs": {}})
+    assert [p.name for p in cache.path.parent.iterdir()] == [cache.path.name]

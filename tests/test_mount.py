@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -228,7 +229,7 @@ def test_bad_mountpoint(problem, fixture_path, mount, tmp_path):
 # -- the FUSE glue with a hand-made tree ----------------------------------------
 
 TREE_SERVER = textwrap.dedent("""
-    import errno, sys, time
+    import errno, select, sys
     from dumpfs import fuse
     from dumpfs.model import MemoryUnavailable
     from dumpfs.tree import Dir, File
@@ -240,7 +241,9 @@ TREE_SERVER = textwrap.dedent("""
     def no_data(offset, length):
         raise OSError(errno.ENODATA, "no data")
     def slow(offset, length):
-        time.sleep(3)
+        # says it has started, then lasts until the test closes our stdin (at most 30 s)
+        print("slow read started", flush=True)
+        select.select([sys.stdin], [], [], 30)
         return b"s" * length
 
     root = Dir("", [
@@ -256,13 +259,21 @@ TREE_SERVER = textwrap.dedent("""
 """)
 
 
+def line_from(server: subprocess.Popen, timeout: float = 30) -> str:
+    """The server's next stdout line; fails instead of hanging when none comes in time."""
+    assert select.select([server.stdout], [], [], timeout)[0], f"server silent for {timeout} s"
+    return server.stdout.readline().strip()
+
+
 @pytest.fixture
-def tree_mount(mountpoint):
+def tree_server(mountpoint):
+    """(mountpoint, server process) of TREE_SERVER; the slow read ends when its stdin closes."""
     proc = subprocess.Popen([sys.executable, "-c", TREE_SERVER, str(mountpoint)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        yield mountpoint
+        assert line_from(proc) == "ready", proc.stderr.read()
+        yield mountpoint, proc
     finally:
         unmount(mountpoint)
         try:
@@ -270,6 +281,11 @@ def tree_mount(mountpoint):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def tree_mount(tree_server):
+    return tree_server[0]
 
 
 def test_read_errors_become_errno_and_mount_keeps_serving(tree_mount):
@@ -293,16 +309,17 @@ def test_file_whose_size_fails_is_listed_and_stat_says_eio(tree_mount):
     assert (tree_mount / "good").read_bytes() == b"good bytes\n"
 
 
-def test_slow_read_does_not_stall_others(tree_mount):
-    mp = tree_mount
+def test_slow_read_does_not_stall_others(tree_server):
+    mp, server = tree_server
     result = {}
     reader = threading.Thread(target=lambda: result.setdefault("slow", (mp / "slow").read_bytes()))
     reader.start()
-    time.sleep(0.3)
+    assert line_from(server) == "slow read started"
     started = time.monotonic()
     assert (mp / "good").read_bytes() == b"good bytes\n"
     assert [n for n in os.listdir(mp)]
     assert time.monotonic() - started < 1.5, "a fast read waited for the slow one"
+    server.stdin.close()            # the slow read may end now
     reader.join(timeout=10)
     assert result["slow"] == b"s" * 10
 

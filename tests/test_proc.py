@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import replace
 from functools import lru_cache
 
 import pytest
@@ -19,8 +18,9 @@ import pytest
 import fixturecache as fc
 from conftest import time_limit
 from dumpfs.backends import open_dump
-from dumpfs.kernel.context import kernel_context
+from dumpfs.kernel.context import KernelContext
 from dumpfs.model import Dump
+from synthetic import patched_dump
 
 VMLINUX = "vmlinux-6.1.192-dumpfs.xz"
 BTF_DUMPS = [("x86_64-debian", "qemu-elf.vmcore.xz"), ("x86_64-custom", "qemu-elf.vmcore.xz"),
@@ -249,7 +249,6 @@ def test_dwarf_layouts_equal_btf_and_are_cached(folder, tmp_path, monkeypatch):
 
 
 def test_a_vmlinux_of_another_kernel_is_refused():
-    from dumpfs.kernel.context import KernelContext
     dump = open_dump(str(fc.unpacked("x86_64-debian", "qemu-elf.vmcore.xz")))
     context = KernelContext(dump, vmlinux=fc.unpacked("x86_64-custom", VMLINUX))
     types = context.types           # falls back to the dump's own BTF
@@ -261,37 +260,10 @@ def test_a_vmlinux_of_another_kernel_is_refused():
 # Hostile memory: patched copies of a real dump
 # ---------------------------------------------------------------------------
 
-class PatchedMemory:
-    """A dump's memory with some bytes overwritten (physical address -> bytes)."""
-
-    def __init__(self, memory, patches: dict[int, bytes]):
-        self.memory = memory
-        self.patches = patches
-        self.chunks = memory.chunks
-        self.end = memory.end
-
-    def __iter__(self):
-        return iter(self.chunks)
-
-    def size_in(self, *states):
-        return self.memory.size_in(*states)
-
-    def chunk_at(self, address):
-        return self.memory.chunk_at(address)
-
-    def read_physical(self, address: int, size: int) -> bytes:
-        data = bytearray(self.memory.read_physical(address, size))
-        for where, value in self.patches.items():
-            lo, hi = max(where, address), min(where + len(value), address + size)
-            if lo < hi:
-                data[lo - address:hi - address] = value[lo - where:hi - where]
-        return bytes(data)
-
-
 @lru_cache(maxsize=None)
 def original():
     dump = open_dump(str(fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")))
-    context = kernel_context(dump)
+    context = KernelContext(dump)
     tasks = {t.pid: t for t in context.tasks.processes()}
     return dump, context, tasks
 
@@ -301,8 +273,7 @@ def patched(pointer_patches: dict[int, int]) -> Dump:
     dump, context, _ = original()
     kmem = context.memory
     patches = {kmem.translate(v): value.to_bytes(8, "little") for v, value in pointer_patches.items()}
-    return replace(dump, memory=PatchedMemory(dump.memory, patches),
-                   meta=replace(dump.meta, problems=[], details={}))
+    return patched_dump(dump, patches)
 
 
 def offset(struct, member):
@@ -315,7 +286,7 @@ def test_cyclic_task_list_is_cut(tmp_path):
     hostile = patched({tasks[36].address + offset("task_struct", "tasks"):
                        tasks[35].address + offset("task_struct", "tasks")})
     with time_limit(20):
-        walker = kernel_context(hostile).tasks
+        walker = KernelContext(hostile).tasks
         listed = walker.processes()
     assert [t.pid for t in listed][-2:] == [35, 36]
     assert any("loops back" in p for p in walker.problems)
@@ -327,7 +298,7 @@ def test_task_list_into_nowhere_and_threads_into_nowhere():
     hostile = patched({tasks[35].address + offset("task_struct", "tasks"): nowhere,
                        tasks[1].signal + offset("signal_struct", "thread_head"): nowhere})
     with time_limit(20):
-        walker = kernel_context(hostile).tasks
+        walker = KernelContext(hostile).tasks
         listed = walker.processes()
         threads = walker.threads_of(listed[0])
     assert listed and listed[-1].pid == 35
@@ -376,8 +347,8 @@ def test_absurd_argument_range_is_bounded():
 
 def test_mem_reads_of_unmapped_pages_fail_with_the_reason():
     from dumpfs.views import build_tree
-    dump, _, tasks = original()
-    tree = build_tree(dump)
+    dump, context, tasks = original()
+    tree = build_tree(dump, context)
     mem = tree.walk("proc/35/mem")
     with pytest.raises(OSError) as caught:
         mem.read(0x1000, 16)

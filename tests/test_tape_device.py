@@ -68,7 +68,7 @@ def test_truncated_tape_serves_what_arrived(elf):
     dump = tape.read_tape(drive.fileno(), "/dev/ntibm0")
     drive.close()
     assert not dump.meta.complete
-    assert any("truncated" in p for p in dump.meta.problems), dump.meta.problems
+    assert any("truncated" in p for p in map(str, dump.meta.problems)), dump.meta.problems
     arrived = 100 * t.TAPE_BLOCK
     assert dump.read_physical(arrived - 4096, 4096) == w.memory_with_status(
         elf.read_physical, cpus)(arrived - 4096, 4096)

@@ -9,12 +9,12 @@ import subprocess
 from elftools.elf.elffile import ELFFile
 
 import fixturecache as fc
-from dumpfs.arch import x86_64
 from dumpfs.backends import open_dump
-from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, Note, PageState, VmcoreInfo
+from dumpfs.model import Dump, PageState
 from dumpfs.views import build_tree
 from dumpfs.views.extents import Extent, ExtentFile
 from dumpfs.views.vmcore import build_vmcore
+from synthetic import synthetic_dump, x86_64_prstatus
 
 
 def page_pattern(address: int, length: int) -> bytes:
@@ -26,20 +26,18 @@ def page_pattern(address: int, length: int) -> bytes:
     return bytes(out[start:start + length])
 
 
-def synthetic_dump(chunks_spec) -> Dump:
-    chunks = []
-    for start, size, state in chunks_spec:
-        read = None
-        if state is PageState.PRESENT:
-            read = (lambda base: lambda offset, length: page_pattern(base + offset, length))(start)
-        chunks.append(MemoryChunk(start, size, state, read))
-    prstatus = bytearray(336)
-    prstatus[0xF0:0xF8] = (0xFFFFFFFF81000000).to_bytes(8, "little")   # rip
-    notes = [Note("CORE", 1, bytes(prstatus))]
-    return Dump(arch=x86_64.ARCH, page_size=4096, memory=Memory(chunks),
-                cpus={0: Cpu(0, x86_64.decode_registers(notes), notes)},
-                meta=DumpMeta(format="synthetic"),
-                vmcoreinfo=VmcoreInfo(b"OSRELEASE=6.1.0-test\nPAGESIZE=4096\n"))
+def patterned_dump(spec) -> Dump:
+    """(start, size, state) ranges; PRESENT ones hold page_pattern of their addresses."""
+    return synthetic_dump(
+        ranges=[(start, size, pattern_reader(start) if state is PageState.PRESENT else state)
+                for start, size, state in spec],
+        cpus={0: [x86_64_prstatus(rip=0xFFFFFFFF81000000)]},
+        vmcoreinfo=b"OSRELEASE=6.1.0-test\nPAGESIZE=4096\n")
+
+
+def pattern_reader(base: int):
+    """A chunk reader of page_pattern from `base` on."""
+    return lambda offset, length: page_pattern(base + offset, length)
 
 
 def read_all(extent_file: ExtentFile) -> bytes:
@@ -47,7 +45,7 @@ def read_all(extent_file: ExtentFile) -> bytes:
 
 
 def test_vmcore_layout_with_zero_tail_and_excluded_hole():
-    dump = synthetic_dump([
+    dump = patterned_dump([
         (0x0, 0x3000, PageState.PRESENT),
         (0x3000, 0x1000, PageState.ZERO),       # zero in the middle: stored as zeros
         (0x4000, 0x2000, PageState.PRESENT),
@@ -75,7 +73,7 @@ def test_vmcore_layout_with_zero_tail_and_excluded_hole():
 
 def test_vmcore_pn_xnum_readable_by_pyelftools_and_readelf(tmp_path):
     count = 70000
-    dump = synthetic_dump([(i * 0x2000, 0x1000, PageState.PRESENT) for i in range(count)])
+    dump = patterned_dump([(i * 0x2000, 0x1000, PageState.PRESENT) for i in range(count)])
     vmcore = build_vmcore(dump)
     path = tmp_path / "xnum.vmcore"
     path.write_bytes(read_all(vmcore))
@@ -135,8 +133,7 @@ def test_extent_file_random_reads_match_the_flat_image():
             extents.append(Extent(position, length, None))
         else:
             content = page_pattern(position * 3, length)
-            extents.append(Extent(position, length,
-                                  (lambda base: lambda off, n: page_pattern(base + off, n))(position * 3)))
+            extents.append(Extent(position, length, pattern_reader(position * 3)))
         flat += content
         position += length
     tail = 123
@@ -151,7 +148,8 @@ def test_extent_file_random_reads_match_the_flat_image():
 
 def test_tree_registers_and_memory_files():
     truth = fc.truth("x86_64-custom")
-    dump = open_dump(str(fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")))
+    source = fc.unpacked("x86_64-custom", "qemu-elf.vmcore.xz")
+    dump = open_dump(str(source))
     tree = build_tree(dump)
     for cpu in truth["cpus"]:
         text = tree.walk(f"cpus/{cpu['cpu']}/registers").read(0, 1 << 20).decode()
@@ -159,14 +157,20 @@ def test_tree_registers_and_memory_files():
         assert values["rip"] == cpu["registers"]["rip"]
         assert values["rsp"] == cpu["registers"]["rsp"]
         assert "NT_PRSTATUS" in tree.walk(f"cpus/{cpu['cpu']}/notes").children
-    memory = tree.walk("memory")
-    names = sorted(n for n in memory.children if n != "map")
-    starts = [int(n.split("-")[0], 16) for n in names]
-    assert starts[0] == 0
-    first = memory.lookup(names[0])
-    assert first.read(0x1000, 0x1000) == dump.read_physical(0x1000, 0x1000)
+    # memory/ against the source's PT_LOADs as pyelftools reads them (QEMU: p_filesz == p_memsz)
+    with open(source, "rb") as f:
+        loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"]) for s in ELFFile(f).iter_segments()
+                 if s["p_type"] == "PT_LOAD" and s["p_filesz"]]
+        memory = tree.walk("memory")
+        names = [f"{start:016x}-{start + size:016x}" for start, size, _ in loads]
+        assert sorted(n for n in memory.children if n != "map") == names
+        assert loads[0][0] == 0
+        for name, (start, size, offset) in zip(names, loads):
+            for inner in sorted({0, 0x1000, size // 2 & ~0xFFF, size - 0x1000}):
+                f.seek(offset + inner)
+                assert memory.lookup(name).read(inner, 0x1000) == f.read(0x1000), (name, hex(inner))
     mapping = memory.lookup("map").read(0, 1 << 20).decode()
-    assert mapping.count("present") == len([c for c in dump.memory if c.state is PageState.PRESENT])
+    assert [line.split()[:2] for line in mapping.splitlines()] == [[name, "present"] for name in names]
     info = tree.walk("info").read(0, 1 << 20).decode()
     assert truth["kernel_release"] in info and "x86_64" in info
     assert tree.walk("vmcoreinfo").read(0, 1 << 20).decode().startswith("OSRELEASE=")

@@ -1,10 +1,18 @@
-"""s390x: PSW, GPRs, access, control, floating point and vector registers from the CPU notes."""
+"""s390x: PSW, GPRs, access, control, floating point and vector registers from the CPU notes
+and the lowcore save areas, and the kernel's rules (DAT in `s390x_dat`, os_info and KASLR in
+`s390x_os_info`, task and register layouts)."""
 
 from __future__ import annotations
 
 from construct import Array, Bytes, Int32ub, Int64ub, Struct
 
-from dumpfs.arch import NT_PRFPREG, NT_PRSTATUS, Arch
+from dumpfs.arch import NT_PRFPREG, NT_PRSTATUS, PR_REG_OFFSET, Arch
+from dumpfs.arch import s390x_dat as dat
+from dumpfs.arch.kernel_arch import KernelArch
+from dumpfs.arch.s390x_os_info import LOWCORE_SIZE  # noqa: F401 - the prefix area, for its users
+from dumpfs.arch.s390x_os_info import VMCOREINFO_FINDERS, S390IdentityMap
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable
+from dumpfs.model import Note
 
 NT_S390_TIMER = 0x301
 NT_S390_TODCMP = 0x302
@@ -21,7 +29,6 @@ S390Regs = Struct(
     "gprs" / Array(16, Int64ub),    # general registers R0-R15
     "acrs" / Array(16, Int32ub),    # access registers A0-A15
 )
-PR_REG_OFFSET = 0x70
 
 # NT_PRFPREG payload (s390_fp_regs)
 S390FpRegs = Struct(
@@ -75,12 +82,54 @@ def decode_registers(notes) -> dict[str, int]:
     return {name: regs[name] for name in REGISTER_ORDER if name in regs}
 
 
+class S390xKernel(KernelArch):
+    byteorder = "big"
+    mm_members = ("context.asce", "context.asce_limit")
+    vmcoreinfo_finders = VMCOREINFO_FINDERS
+    MAX_TASK_SIZE = (1 << 63) - 4096        # proc/PID/mem's st_size is signed
+
+    def kernel_space(self, dump, tables):
+        return dat.kernel_space(dump, tables)
+
+    def user_space(self, dump, root, tables):
+        """`root`: an ASCE, or a physical table origin."""
+        return dat.DatSpace.from_asce(tables, root)
+
+    def user_root(self, mm, kmem):
+        return mm.get("context.asce") or kmem.translate(mm["pgd"])
+
+    def image_to_physical(self, dump, address):
+        return S390IdentityMap(dump).physical(address)
+
+    def task_size(self, mm):
+        limit = mm.get("context.asce_limit") or 0     # what the ASCE reaches
+        if 0 < limit < 1 << 63:
+            return limit
+        size = mm.get("task_size") or 0
+        return size if 0 < size < 1 << 63 else self.MAX_TASK_SIZE
+
+    def user_registers(self, pt_regs, task, kmem, types):
+        """s390_regs (PSW, GPRs, access registers) and orig_gpr2."""
+        mask, addr = Array(2, Int64ub).parse(pt_regs[types.offsetof("pt_regs", "psw"):])
+        gprs = Array(16, Int64ub).parse(pt_regs[types.offsetof("pt_regs", "gprs"):])
+        orig_gpr2 = Int64ub.parse(pt_regs[types.offsetof("pt_regs", "orig_gpr2"):])
+        try:
+            acrs = kmem.array("I", task + types.offsetof("task_struct", "thread")
+                              + types.offsetof("thread_struct", "acrs"), 16)
+        except (MemoryUnavailable, KernelUnavailable):
+            acrs = (0,) * 16
+        return S390Regs.build(dict(psw_mask=mask, psw_addr=addr, gprs=gprs, acrs=acrs)) \
+            + Int64ub.build(orig_gpr2)
+
+
 ARCH = Arch(
     name="s390x",
     byteorder="big",
     elf_machine=22,
     page_size=4096,
     decode_registers=decode_registers,
+    kernel=S390xKernel(),
+    s390_dump=True,
 )
 
 
@@ -90,7 +139,6 @@ ARCH = Arch(
 # the dump tool stores each CPU's status into lowcore 0x1200-0x13FF of that
 # CPU's prefix page, and `zgetdump -f s390` writes them there from ELF notes.
 
-LOWCORE_SIZE = 0x2000               # the 8 KiB prefix area
 SAVE_AREA_OFFSET = 0x1200           # where STORE STATUS puts the registers
 LOWCORE_VECTOR_SAVE_AREA = 0x11B0   # u64: address of the 512-byte vector save area, 0 = none
 VECTOR_SAVE_AREA_SIZE = 512         # V0-V31, 16 bytes each
@@ -163,27 +211,20 @@ def vector_save_area_from_registers(regs: dict[str, int]) -> bytes | None:
 
 # -- the kernel's per-CPU note group, for dumps whose registers come from memory ----------
 
-PRSTATUS_SIZE = 336
-PR_PID_OFFSET = 0x20
-
-
 def notes_from_registers(regs: dict[str, int], number: int = 0) -> list:
     """NT_PRSTATUS ... NT_S390_VXRS_HIGH as zgetdump's ELF writer emits them (pr_pid = number + 1)."""
-    from dumpfs.model import Note
 
     def u64s(names):
         return b"".join(regs.get(n, 0).to_bytes(8, "big") for n in names)
 
-    prstatus = bytearray(PRSTATUS_SIZE)
-    prstatus[PR_PID_OFFSET:PR_PID_OFFSET + 4] = (number + 1).to_bytes(4, "big")
-    prstatus[PR_REG_OFFSET:PR_REG_OFFSET + S390Regs.sizeof()] = S390Regs.build(dict(
+    prstatus = ARCH.kernel.prstatus(number + 1, 0, 0, 0, S390Regs.build(dict(
         psw_mask=regs.get("psw_mask", 0), psw_addr=regs.get("psw_addr", 0),
         gprs=[regs.get(f"r{i}", 0) for i in range(16)],
-        acrs=[regs.get(f"a{i}", 0) for i in range(16)]))
+        acrs=[regs.get(f"a{i}", 0) for i in range(16)])))
     fpregs = S390FpRegs.build(dict(fpc=regs.get("fpc", 0), pad=bytes(4),
                                    fprs=[regs.get(f"f{i}", 0) for i in range(16)]))
     notes = [
-        Note("CORE", NT_PRSTATUS, bytes(prstatus)),
+        Note("CORE", NT_PRSTATUS, prstatus),
         Note("CORE", NT_PRFPREG, fpregs),
         Note("LINUX", NT_S390_TIMER, u64s(["cpu_timer"])),
         Note("LINUX", NT_S390_TODCMP, u64s(["clock_comparator"])),

@@ -1,16 +1,23 @@
-"""x86_64: user_regs_struct in NT_PRSTATUS, and QEMU's QEMUCPUState note."""
+"""x86_64: user_regs_struct in NT_PRSTATUS, QEMU's QEMUCPUState note, and the kernel's rules
+(4/5-level paging in `x86_64_paging`, the kernel image map, task and register layouts)."""
 
 from __future__ import annotations
 
 from construct import Array, Int32ul, Int64ul, Struct
 
-from dumpfs.arch import NT_PRSTATUS, Arch
+from dumpfs.arch import NT_PRSTATUS, PR_REG_OFFSET, Arch
+from dumpfs.arch import x86_64_paging as paging
+from dumpfs.arch.kernel_arch import KernelArch
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable
 
 # struct user_regs_struct, the pr_reg of NT_PRSTATUS (arch/x86/include/asm/user_64.h)
 USER_REGS = ["r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
              "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "rflags",
              "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs"]
-PR_REG_OFFSET = 0x70
+UserRegs = Array(len(USER_REGS), Int64ul)
+PT_REGS_WORDS = 21      # struct pt_regs: r15 .. ss, the first 21 words of user_regs_struct
+# the rest of user_regs_struct, from task->thread (struct thread_struct)
+THREAD_SEGMENTS = ("fsbase", "gsbase", "ds", "es", "fsindex", "gsindex")
 
 QEMUCPUSegment = Struct(
     "selector" / Int32ul,   # segment selector
@@ -51,7 +58,7 @@ def decode_registers(notes) -> dict[str, int]:
     regs: dict[str, int] = {}
     for note in notes:
         if note.type == NT_PRSTATUS and len(note.desc) >= PR_REG_OFFSET + 8 * len(USER_REGS):
-            values = Array(len(USER_REGS), Int64ul).parse(note.desc[PR_REG_OFFSET:])
+            values = UserRegs.parse(note.desc[PR_REG_OFFSET:])
             regs.update(zip(USER_REGS, values))
         elif note.name == "QEMU" and len(note.desc) >= QEMUCPUState.sizeof():
             state = QEMUCPUState.parse(note.desc)
@@ -70,10 +77,46 @@ def decode_registers(notes) -> dict[str, int]:
     return {name: regs[name] for name in known + [n for n in regs if n not in REGISTER_ORDER]}
 
 
+class X86_64Kernel(KernelArch):
+    byteorder = "little"
+    kallsyms_absolute_percpu = True     # SMP: non-negative kallsyms_offsets are per-CPU offsets
+    DEFAULT_TASK_SIZE = (1 << 47) - 4096     # TASK_SIZE_MAX with 4-level paging
+    MAX_TASK_SIZE = 1 << 57                  # with 5-level paging
+
+    def kernel_space(self, dump, tables):
+        return paging.kernel_space(dump, tables)
+
+    def user_space(self, dump, root, tables):
+        return paging.user_space(dump, root, tables)
+
+    def image_to_physical(self, dump, address):
+        info = dump.vmcoreinfo
+        if address < paging.START_KERNEL_MAP or info is None:
+            return None
+        return paging.image_to_physical(address, info.number("NUMBER(phys_base)") or 0)
+
+    def task_size(self, mm):
+        size = mm.get("task_size") or 0
+        return size if 0 < size <= self.MAX_TASK_SIZE else self.DEFAULT_TASK_SIZE
+
+    def user_registers(self, pt_regs, task, kmem, types):
+        words = list(Array(PT_REGS_WORDS, Int64ul).parse(pt_regs))
+        segments = [0] * len(THREAD_SEGMENTS)        # cosmetic: zeros when unreadable
+        try:
+            thread = task + types.offsetof("task_struct", "thread")
+            for i, name in enumerate(THREAD_SEGMENTS):
+                member = types.member("thread_struct", name)
+                segments[i] = int.from_bytes(kmem.read(thread + member.offset, member.size), "little")
+        except (MemoryUnavailable, KernelUnavailable):
+            pass
+        return UserRegs.build(words + segments)
+
+
 ARCH = Arch(
     name="x86_64",
     byteorder="little",
     elf_machine=62,
     page_size=4096,
     decode_registers=decode_registers,
+    kernel=X86_64Kernel(),
 )

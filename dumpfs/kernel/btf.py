@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import struct
 
+from elftools.elf.elffile import ELFFile
+
+from dumpfs.errors import BtfError, MemoryUnavailable
 from dumpfs.kernel.types import StructLayout, Types, flatten_into
 
 BTF_MAGIC = 0xEB9F
@@ -26,10 +29,6 @@ MAX_TYPES = 1 << 21
  KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC,
  KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64) = range(1, 20)
 _QUALIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
-
-
-class BtfError(Exception):
-    """Not BTF, or damaged; the message says what."""
 
 
 def _extra_size(kind: int, vlen: int) -> int:
@@ -182,13 +181,16 @@ class BtfTypes(Types):
         kind, vlen, kind_flag, _name, _size = self._type(type_id)
         base = self._offsets[type_id] + 12
         values = {}
+        # kind_flag says the enum is signed (btf.h: BTF_KIND_ENUM and BTF_KIND_ENUM64)
+        entry = struct.Struct(self.prefix + ("Ii" if kind_flag else "II"))
         for i in range(vlen):
             if kind == KIND_ENUM:
-                name_off, value = struct.unpack_from(self.prefix + "Ii" if kind_flag == 0 else
-                                                     self.prefix + "Ii", self.blob, base + 8 * i)
+                name_off, value = entry.unpack_from(self.blob, base + 8 * i)
             else:
                 name_off, lo, hi = struct.unpack_from(self.prefix + "III", self.blob, base + 12 * i)
                 value = hi << 32 | lo
+                if kind_flag and value >= 1 << 63:
+                    value -= 1 << 64
             values[self._name(name_off)] = value
         return values
 
@@ -201,7 +203,6 @@ def btf_from_memory(kmem, symbols) -> BtfTypes:
                        "__start_BTF unknown without CONFIG_KALLSYMS_ALL)")
     if not 24 <= stop - start <= MAX_BTF:
         raise BtfError(f"__start_BTF..__stop_BTF spans an absurd {stop - start} bytes")
-    from dumpfs.model import MemoryUnavailable
     try:
         blob = kmem.read(start, stop - start)
     except MemoryUnavailable as exc:
@@ -215,7 +216,6 @@ def btf_from_file(path) -> BtfTypes:
         head = f.read(4)
         f.seek(0)
         if head == b"\x7fELF":
-            from elftools.elf.elffile import ELFFile
             section = ELFFile(f).get_section_by_name(".BTF")
             if section is None:
                 raise BtfError(f"{path}: ELF without a .BTF section")

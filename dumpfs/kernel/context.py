@@ -1,24 +1,31 @@
-"""One dump's kernel, read on demand: its address space, symbols, log and release.
+"""One dump's kernel, read on demand: its address space, symbols, log, release and tasks.
 
-`kernel_context(dump)` gives the same `KernelContext` to every view (processes
-will walk tasks through it later).  Each part is computed at most once, on
-first use; a part that cannot be computed raises `KernelUnavailable` whose
-message says why, and the reason is kept in `problems` (and in the dump's
-`meta.problems`, so `info` shows it).
+The caller builds one `KernelContext` per dump, from the dump and the files the
+user gave (`files`), and hands it to the views that read the kernel.  Each part
+is computed at most once, on first use; a part that cannot be computed raises
+`KernelUnavailable` whose message says why, and the reason is kept in
+`problems` (and in the dump's `meta.problems` as a warning, so `info` shows it).
 """
 
 from __future__ import annotations
 
 import threading
 
-from dumpfs.model import Dump, MemoryUnavailable
-
-
-class KernelUnavailable(Exception):
-    """A part of the kernel's state cannot be read; the message says why."""
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable, Severity, WalkError
+from dumpfs.kernel.address_space import KernelMemory, kernel_memory
+from dumpfs.kernel.btf import btf_from_memory
+from dumpfs.kernel.printk import KernelLog, read_kernel_log
+from dumpfs.kernel.symbols import SymbolTable, kernel_symbols
+from dumpfs.kernel.tasks import TaskWalker
+from dumpfs.kernel.types import Types
+from dumpfs.kernel.types_source import kernel_types
+from dumpfs.kernel.utsname import Utsname, read_utsname
+from dumpfs.model import Dump
 
 
 class KernelContext:
+    """The kernel of `dump`, with the user's --system-map, --vmlinux and --btf files."""
+
     def __init__(self, dump: Dump, system_map=None, vmlinux=None, btf=None):
         self.dump = dump
         self.system_map = system_map
@@ -28,6 +35,16 @@ class KernelContext:
         self.problems: list[str] = []       # what could not be read, and why
         self._cells: dict[str, object] = {}
         self._lock = threading.RLock()
+
+    @property
+    def files(self) -> dict[str, str]:
+        """What the context was built from besides the dump: option -> path, given ones only."""
+        given = {"system_map": self.system_map, "vmlinux": self.vmlinux, "btf": self.btf}
+        return {option: str(path) for option, path in given.items() if path is not None}
+
+    def __repr__(self) -> str:
+        files = "".join(f", {option}={path!r}" for option, path in self.files.items())
+        return f"KernelContext({', '.join(self.dump.sources) or 'dump'}{files})"
 
     def _once(self, key: str, compute, problem: bool = True):
         with self._lock:
@@ -45,15 +62,19 @@ class KernelContext:
 
     def _problem(self, text: str) -> None:
         self.problems.append(text)
-        if text not in self.dump.meta.problems:
-            self.dump.meta.problems.append(text)
+        self.dump.meta.add_problem(text, Severity.WARNING)     # the dump's bytes are all served
+
+    def _memory_or_none(self) -> KernelMemory | None:
+        try:
+            return self.memory
+        except KernelUnavailable:
+            return None
 
     # -- parts ----------------------------------------------------------------
     @property
-    def memory(self):
-        """The kernel's virtual memory (a KernelMemory)."""
+    def memory(self) -> KernelMemory:
+        """The kernel's virtual memory."""
         def compute():
-            from dumpfs.kernel.translate import kernel_memory
             try:
                 kmem, notes = kernel_memory(self.dump)
             except MemoryUnavailable as exc:
@@ -63,15 +84,10 @@ class KernelContext:
         return self._once("kernel memory", compute)
 
     @property
-    def symbols(self):
-        """A SymbolTable from every available source (never fails: VMCOREINFO at least)."""
+    def symbols(self) -> SymbolTable:
+        """Symbols from every available source (never fails: VMCOREINFO at least)."""
         def compute():
-            from dumpfs.kernel.symbols import kernel_symbols
-            try:
-                kmem = self.memory
-            except KernelUnavailable:
-                kmem = None
-            table = kernel_symbols(self.dump, kmem, self.system_map, self.vmlinux)
+            table = kernel_symbols(self.dump, self._memory_or_none(), self.system_map, self.vmlinux)
             if not len(table):
                 raise KernelUnavailable("no symbols: " + "; ".join(table.problems))
             self.notes.extend(f"symbols: {s}" for s in table.sources)
@@ -80,28 +96,35 @@ class KernelContext:
         return self._once("symbols", compute)
 
     @property
-    def log(self):
-        """The kernel log (a printk.KernelLog)."""
+    def log(self) -> KernelLog:
+        """The kernel log (raises LogUnavailable's reason as KernelUnavailable)."""
         def compute():
-            from dumpfs.kernel.printk import LogUnavailable, read_kernel_log
-            try:
-                log = read_kernel_log(self.dump, self.memory)
-            except LogUnavailable as exc:
-                raise KernelUnavailable(str(exc)) from None
+            log = read_kernel_log(self.dump, self.memory)
             for problem in log.problems:
                 self._problem(f"kernel log: {problem}")
             return log
         return self._once("kernel log", compute)
 
     @property
+    def utsname(self) -> Utsname:
+        """init_uts_ns's names, through the page tables or the kernel image map."""
+        def compute():
+            uts = read_utsname(self.dump, self._memory_or_none())
+            if uts is None:
+                raise KernelUnavailable("init_uts_ns cannot be read")
+            return uts
+        return self._once("utsname", compute, problem=False)
+
+    @property
     def release(self) -> str:
         """The kernel release: init_uts_ns in memory, else VMCOREINFO's OSRELEASE, else the
         dump header's."""
         def compute():
-            from dumpfs.kernel.utsname import read_utsname
-            uts = read_utsname(self.dump)
-            if uts is not None and uts.release:
-                return uts.release
+            try:
+                if self.utsname.release:
+                    return self.utsname.release
+            except KernelUnavailable:
+                pass
             info = self.dump.vmcoreinfo
             if info is not None and info.get("OSRELEASE"):
                 return info.get("OSRELEASE")
@@ -111,12 +134,19 @@ class KernelContext:
         return self._once("kernel release", compute)
 
     @property
-    def types(self):
-        """Type layouts (a types.Types): --btf file, else the --vmlinux's DWARF, else the
-        kernel's own BTF.  Failing, the message says what processes need."""
+    def types(self) -> Types:
+        """Type layouts, BTF before DWARF: --btf file, the --vmlinux's .BTF, the kernel's own
+        BTF, the --vmlinux's DWARF.  Failing, the message says what processes need."""
         def compute():
-            from dumpfs.kernel.types_source import kernel_types
-            types, notes, reason = kernel_types(self)
+            release = None
+            if self.vmlinux is not None:
+                try:
+                    release = self.release          # keys the vmlinux's layout cache
+                except KernelUnavailable:
+                    pass
+            types, notes, reason = kernel_types(
+                self.dump, self.btf, self.vmlinux, release,
+                dump_btf=lambda: btf_from_memory(self.memory, self.symbols))
             self.notes.extend(f"types: {n}" for n in notes)
             if types is None:
                 self.notes.append(f"processes: {reason}")
@@ -125,17 +155,15 @@ class KernelContext:
         return self._once("types", compute, problem=False)
 
     @property
-    def tasks(self):
-        """A tasks.TaskWalker over the kernel's task list."""
+    def tasks(self) -> TaskWalker:
+        """A walker over the kernel's task list."""
         def compute():
-            from dumpfs.kernel.tasks import TaskWalker, WalkError
             try:
                 return TaskWalker(self.memory, self.symbols, self.types)
             except WalkError as exc:
                 self.notes.append(f"processes: {exc}")
                 raise KernelUnavailable(f"processes cannot be listed: {exc}") from None
         return self._once("tasks", compute, problem=False)
-
 
     def processes_status(self) -> str:
         """For `info`: where the task list's types come from, or why there are no processes."""
@@ -145,16 +173,3 @@ class KernelContext:
         except KernelUnavailable as exc:
             return f"unavailable: {exc}"
         return f"from the task list; types: {types.source}"
-
-
-_contexts_lock = threading.Lock()
-
-
-def kernel_context(dump: Dump, system_map=None, vmlinux=None, btf=None) -> KernelContext:
-    """The dump's KernelContext (created on first call; later arguments are ignored)."""
-    with _contexts_lock:
-        context = getattr(dump, "_kernel_context", None)
-        if context is None:
-            context = KernelContext(dump, system_map, vmlinux, btf)
-            dump._kernel_context = context
-        return context

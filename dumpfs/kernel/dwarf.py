@@ -30,9 +30,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from dumpfs.errors import BadFile
+from dumpfs.errors import BadFile, TypeMissing
 from dumpfs.kernel import dwarf_info as dw
-from dumpfs.kernel.types import LayoutCache, StructLayout, TypeMissing, Types, flatten_into
+from dumpfs.kernel.types import LayoutCache, StructLayout, Types, flatten_into
 
 # the structs and enums the walkers use: found in one scan
 WANTED_STRUCTS = (

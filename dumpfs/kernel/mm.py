@@ -1,6 +1,7 @@
 """A process's memory: its address space, VMAs and the strings /proc shows from them.
 
-    user space      mm->pgd through the kernel's direct map (x86_64), mm->context.asce (s390x)
+    user space      the root the machine's rules take from the mm (`KernelArch.user_root`:
+                    mm->pgd through the kernel's direct map, or the mm's own ASCE)
     VMAs            mm->mm_mt, a maple tree (6.1+): encoded node pointers carry the node
                     type in bits 3-6 (maple_leaf_64, maple_range_64, maple_arange_64);
                     leaves' slots are vm_area_struct pointers, pivots the last index
@@ -18,10 +19,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dumpfs.kernel.tasks import Offsets, WalkError
-from dumpfs.kernel.translate import KernelMemory, user_address_space
-from dumpfs.kernel.types import TypeMissing, Types
-from dumpfs.model import MemoryUnavailable
+from dumpfs.errors import MemoryUnavailable, TypeMissing, WalkError
+from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.kernel.tasks import Offsets
+from dumpfs.kernel.types import Types
 
 MAX_VMAS = 1 << 16              # sysctl vm.max_map_count is 65530
 MAX_MAPLE_NODES = 1 << 15
@@ -30,7 +31,6 @@ MAX_ARGS = 1 << 20
 MAPLE_NODE_MASK = 0xFF
 XA_ZERO_ENTRY = 0x406
 VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80
-X86_64_TASK_SIZE = (1 << 47) - 4096
 
 
 @dataclass
@@ -66,6 +66,7 @@ class MmWalker:
     def __init__(self, kmem: KernelMemory, symbols, types: Types):
         self.kmem = kmem
         self.dump = kmem.dump
+        self.arch = kmem.dump.arch.kernel
         self.types = types
         self.symbols = symbols
         self.prefix = kmem.prefix
@@ -74,8 +75,8 @@ class MmWalker:
             self.mm = Offsets(types, "mm_struct",
                               ("pgd", "start_brk", "brk", "start_stack", "arg_start", "arg_end",
                                "env_start", "env_end"),
-                              ("mm_mt.ma_root", "mmap", "task_size", "context.asce", "context.asce_limit", "map_count",
-                               "saved_auxv"))
+                              ("mm_mt.ma_root", "mmap", "task_size", "map_count", "saved_auxv")
+                              + self.arch.mm_members)
             self.vma = Offsets(types, "vm_area_struct",
                                ("vm_start", "vm_end", "vm_mm", "vm_flags", "vm_pgoff", "vm_file"),
                                ("vm_next", "vm_ops", "vm_private_data"))
@@ -139,26 +140,15 @@ class MmWalker:
 
     def user_memory(self, mm: dict[str, int]) -> KernelMemory:
         """A reader of the process's address space."""
-        arch = self.dump.arch.name
-        if arch == "s390x" and mm.get("context.asce"):
-            root = mm["context.asce"]
-        else:
-            try:
-                root = self.kmem.translate(mm["pgd"])
-            except MemoryUnavailable as exc:
-                raise WalkError(f"mm->pgd {mm['pgd']:#x} does not translate: {exc}") from None
-        cache = getattr(self.kmem.space, "cache", None) or getattr(
-            getattr(self.kmem.space, "first", None), "cache", None)
-        return KernelMemory(self.dump, user_address_space(self.dump, root, cache))
+        try:
+            root = self.arch.user_root(mm, self.kmem)
+        except MemoryUnavailable as exc:
+            raise WalkError(f"mm->pgd {mm['pgd']:#x} does not translate: {exc}") from None
+        tables = self.kmem.tables
+        return KernelMemory(self.dump, self.arch.user_space(self.dump, root, tables), tables=tables)
 
     def task_size(self, mm: dict[str, int]) -> int:
-        size = mm.get("task_size") or 0
-        if self.dump.arch.name == "x86_64":
-            return size if 0 < size <= 1 << 57 else X86_64_TASK_SIZE
-        limit = mm.get("context.asce_limit") or 0     # s390x: what the ASCE reaches
-        if 0 < limit < 1 << 63:
-            return limit
-        return size if 0 < size < 1 << 63 else (1 << 63) - 4096   # st_size is signed
+        return self.arch.task_size(mm)
 
     # -- VMAs ---------------------------------------------------------------------
     def vma_addresses(self, mm: dict[str, int]) -> tuple[list[int], str | None]:

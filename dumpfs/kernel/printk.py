@@ -26,8 +26,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from dumpfs.kernel.translate import KernelMemory
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.errors import LogUnavailable, MemoryUnavailable
+from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.model import Dump
 
 MAX_COUNT_BITS = 24             # 16 M descriptors: far beyond any real log_buf_len
 MAX_DATA_BITS = 31              # 2 GiB of text
@@ -37,10 +38,6 @@ MAX_FAILURES_IN_A_ROW = 1024    # unreadable or inconsistent descriptors before 
 
 # desc state (top two bits of state_var)
 DESC_RESERVED, DESC_COMMITTED, DESC_FINALIZED, DESC_REUSABLE = range(4)
-
-
-class LogUnavailable(Exception):
-    """No log can be read at all; the message says why."""
 
 
 @dataclass

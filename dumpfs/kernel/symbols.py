@@ -19,11 +19,15 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dumpfs.model import MemoryUnavailable, VmcoreInfo
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from dumpfs.errors import BadFile, MemoryUnavailable, SymbolError
+from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.model import Dump, VmcoreInfo
 
 MAX_KALLSYMS = 4_000_000
 MAX_KALLSYMS_NAMES = 64 << 20
-X86_64_START_KERNEL_MAP = 0xFFFFFFFF80000000
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,6 @@ class Symbol:
     name: str
     address: int
     type: str = "?"      # nm/kallsyms type letter when known
-
-
-class SymbolError(Exception):
-    """A symbol source that cannot be used; the message says why."""
 
 
 @dataclass
@@ -145,7 +145,7 @@ def from_system_map(path, offset: int = 0) -> list[Symbol]:
             except ValueError:
                 continue
     if not entries:
-        raise SymbolError(f"{path}: no 'address type name' lines")
+        raise BadFile(f"{path}: no 'address type name' lines")
     text = [a for a, _t, n in entries if n in ("_text", "_stext")]
     relocate = _relocator(offset, min(text) if text else None)
     return [Symbol(name, relocate(address), type_) for address, type_, name in entries]
@@ -184,24 +184,22 @@ def _nm_type(sym_type: int, bind: int, shndx: int, sections) -> str | None:
 
 def from_vmlinux(path, offset: int = 0) -> list[Symbol]:
     """The .symtab of a vmlinux; pyelftools finds the tables, struct reads the entries."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
-                raise SymbolError(f"{path}: no .symtab (stripped vmlinux)")
+                raise BadFile(f"{path}: no .symtab (stripped vmlinux)")
             strtab = elf.get_section(symtab["sh_link"])
             sections = [(s["sh_type"], s["sh_flags"]) for s in elf.iter_sections()]
             sections = [({"SHT_NOBITS": 8}.get(t, 0) if isinstance(t, str) else t, fl)
                         for t, fl in sections]
             little = elf.little_endian
             if elf.elfclass != 64:
-                raise SymbolError(f"{path}: not a 64-bit ELF")
+                raise BadFile(f"{path}: not a 64-bit ELF")
             symbols_raw, strings = symtab.data(), strtab.data()
     except (OSError, ELFError) as exc:
-        raise SymbolError(f"{path}: {exc}") from None
+        raise BadFile(f"{path}: {exc}") from None
     entry = struct.Struct(("<" if little else ">") + "IBBHQQ")
     raw = []
     for pos in range(entry.size, len(symbols_raw) - entry.size + 1, entry.size):
@@ -218,15 +216,16 @@ def from_vmlinux(path, offset: int = 0) -> list[Symbol]:
     return [Symbol(name, relocate(value), letter) for name, value, letter in raw]
 
 
-def from_kallsyms(kmem, info: VmcoreInfo | None) -> list[Symbol]:
+def from_kallsyms(kmem: KernelMemory, info: VmcoreInfo | None) -> list[Symbol]:
     """Decompress the kernel's kallsyms tables (kernel/kallsyms.c, 6.1 layout).
 
     kallsyms_names: per symbol a length byte (two if the high bit is set) and
     that many token indexes; kallsyms_token_index[256] (u16) points into
     kallsyms_token_table (NUL-terminated tokens); the first character of the
     expanded name is the type letter.  Addresses come from kallsyms_offsets
-    (s32, relative to kallsyms_relative_base; on x86_64 SMP non-negative
-    values are absolute per-CPU offsets) or kallsyms_addresses.
+    (s32, relative to kallsyms_relative_base; where the machine's kernel has
+    CONFIG_KALLSYMS_ABSOLUTE_PERCPU, `KernelArch.kallsyms_absolute_percpu`,
+    non-negative values are absolute per-CPU offsets) or kallsyms_addresses.
     """
     if info is None:
         raise SymbolError("no VMCOREINFO to find the kallsyms tables with")
@@ -257,7 +256,7 @@ def from_kallsyms(kmem, info: VmcoreInfo | None) -> list[Symbol]:
         if sym("kallsyms_offsets") is not None:
             offsets = kmem.array("i", sym("kallsyms_offsets"), num_syms)
             base = kmem.read_u64(sym("kallsyms_relative_base"))
-            if kmem.dump.arch.name == "x86_64":     # CONFIG_KALLSYMS_ABSOLUTE_PERCPU
+            if kmem.dump.arch.kernel.kallsyms_absolute_percpu:
                 addresses = [o if o >= 0 else (base - 1 - o) % (1 << 64) for o in offsets]
             else:
                 addresses = [(base + (o & 0xFFFFFFFF)) % (1 << 64) for o in offsets]
@@ -289,7 +288,8 @@ def from_kallsyms(kmem, info: VmcoreInfo | None) -> list[Symbol]:
 # Merging
 # ---------------------------------------------------------------------------
 
-def kernel_symbols(dump, kmem=None, system_map=None, vmlinux=None) -> SymbolTable:
+def kernel_symbols(dump: Dump, kmem: KernelMemory | None = None, system_map=None,
+                   vmlinux=None) -> SymbolTable:
     """Every available source, best first: kallsyms (types, run-time addresses),
     vmlinux, System.map, then VMCOREINFO; `problems` says why a source is absent."""
     table = SymbolTable()
@@ -310,7 +310,7 @@ def kernel_symbols(dump, kmem=None, system_map=None, vmlinux=None) -> SymbolTabl
             symbols = reader(path, offset)
             table.add(symbols, f"{label} {Path(path).name} (+ KASLR offset {offset:#x}): "
                                f"{len(symbols)} symbols")
-        except (SymbolError, OSError) as exc:
+        except (BadFile, OSError) as exc:
             table.problems.append(f"{label}: {exc}")
     if info is not None:
         symbols = from_vmcoreinfo(info)

@@ -15,10 +15,12 @@ task_struct and unpacked with struct.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
 
-from dumpfs.kernel.types import TypeMissing, Types
-from dumpfs.model import MemoryUnavailable
+from dumpfs.errors import MemoryUnavailable, TypeMissing, WalkError
+from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.kernel.types import Types
 
 MAX_TASKS = 1 << 16
 MAX_THREADS = 1 << 14
@@ -28,11 +30,6 @@ TASK_IDLE = 0x0402              # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
 TASK_RTLOCK_WAIT = 0x1000
 TASK_STATE_NAMES = ["R (running)", "S (sleeping)", "D (disk sleep)", "T (stopped)",
                     "t (tracing stop)", "X (dead)", "Z (zombie)", "P (parked)", "I (idle)"]
-THREAD_SIZE = {"x86_64": 16384, "s390x": 16384}
-
-
-class WalkError(Exception):
-    """A kernel structure cannot be walked (unreadable, looping, absurd); says why."""
 
 
 @dataclass
@@ -96,8 +93,9 @@ class Offsets:
 class TaskWalker:
     """Reads tasks of one kernel: `processes()` lists thread-group leaders with their threads."""
 
-    def __init__(self, kmem, symbols, types: Types):
+    def __init__(self, kmem: KernelMemory, symbols, types: Types):
         self.kmem = kmem
+        self.arch = kmem.dump.arch.kernel
         self.types = types
         self.prefix = kmem.prefix
         self.init_task = symbols.address("init_task")
@@ -119,7 +117,8 @@ class TaskWalker:
         self._u32 = struct.Struct(self.prefix + "I")
         self._s32 = struct.Struct(self.prefix + "i")
         self._u64 = struct.Struct(self.prefix + "Q")
-        self.problems: list[str] = []
+        self.problems: list[str] = []      # of the last complete walk, and threads since
+        self._problems_lock = threading.Lock()
         self._parents: dict[int, int] = {}
 
     # -- one task -----------------------------------------------------------
@@ -201,7 +200,7 @@ class TaskWalker:
         else:
             return [leader]
         if problem:
-            self.problems.append(problem)
+            self._note(problem)
         threads = [leader]
         for address in addresses:
             if address == leader.address:
@@ -209,38 +208,49 @@ class TaskWalker:
             try:
                 threads.append(self._fill(self.read_task(address)))
             except WalkError as exc:
-                self.problems.append(str(exc))
+                self._note(str(exc))
                 break
         return threads
 
+    def _note(self, problem: str) -> None:
+        with self._problems_lock:
+            self.problems.append(problem)
+
     def processes(self) -> list[Task]:
-        """Every thread-group leader on init_task.tasks (init_task itself, pid 0, aside)."""
-        self.problems = []
+        """Every thread-group leader on init_task.tasks (init_task itself, pid 0, aside).
+
+        `problems` becomes this walk's, whole: walks in other threads never mix into it."""
+        problems: list[str] = []
         head = self.init_task + self.t.tasks
         addresses, problem = self._list(head, self.t.tasks, MAX_TASKS, "task list (init_task.tasks)")
         if problem:
-            self.problems.append(problem)
+            problems.append(problem)
         out = []
         for address in addresses:
             try:
                 task = self._fill(self.read_task(address))
             except WalkError as exc:
-                self.problems.append(str(exc))
+                problems.append(str(exc))
                 break
             if task.pid <= 0:
                 continue
             out.append(task)
+        with self._problems_lock:
+            self.problems = problems
         return out
 
     # -- registers ---------------------------------------------------------------
     def pt_regs(self, task: Task) -> bytes:
         """The user registers saved at the top of the task's kernel stack (task_pt_regs)."""
-        arch = self.kmem.dump.arch.name
         size = self.types.sizeof("pt_regs")
         if not task.stack:
             raise WalkError(f"pid {task.pid} has no kernel stack")
-        address = task.stack + THREAD_SIZE.get(arch, 16384) - size
+        address = task.stack + self.arch.thread_size - size
         try:
             return self.kmem.read(address, size)
         except MemoryUnavailable as exc:
             raise WalkError(f"pid {task.pid}: pt_regs at {address:#x} unreadable: {exc}") from None
+
+    def user_registers(self, task: Task) -> bytes:
+        """pr_reg of the task's NT_PRSTATUS (the machine's user_regs_struct), from its pt_regs."""
+        return self.arch.user_registers(self.pt_regs(task), task.address, self.kmem, self.types)

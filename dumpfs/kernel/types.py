@@ -14,6 +14,7 @@ keyed by build id and kernel release.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,9 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class TypeMissing(Exception):
-    """A struct, member or enum the type source does not know; the message says which."""
+from dumpfs.errors import TypeMissing
 
 
 @dataclass(frozen=True)
@@ -212,8 +211,17 @@ class LayoutCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        except OSError:
+            return                      # no cache directory: the layouts are only not cached
+        saved = False
+        try:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f)
             os.replace(tmp, self.path)
+            saved = True
         except OSError:
             pass
+        finally:
+            if not saved:               # a failed write leaves no temporary file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)

@@ -7,88 +7,91 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dumpfs.errors import BadFile
-from dumpfs.kernel.btf import BtfError, btf_from_file, btf_from_memory
-from dumpfs.kernel.context import KernelUnavailable
+from dumpfs.errors import BadFile, BtfError, KernelUnavailable
+from dumpfs.kernel.btf import btf_from_file
 from dumpfs.kernel.dwarf import DwarfError, DwarfTypes, elf_build_id
+from dumpfs.kernel.types import Types
+from dumpfs.model import Dump
 
 HINT = "pass --vmlinux or --btf"
 
 
-def _dump_build_id(dump) -> str | None:
+def _dump_build_id(dump: Dump) -> str | None:
     info = dump.vmcoreinfo
     value = info.get("BUILD-ID") if info is not None else None
     return value.strip().lower() if value else None
 
 
-def _vmlinux_build_id(context) -> str | None:
-    """The --vmlinux's build id; BadFile if the dumped kernel's (VMCOREINFO BUILD-ID) differs."""
-    path = context.vmlinux
+def _vmlinux_build_id(dump: Dump, vmlinux) -> str | None:
+    """The vmlinux's build id; BadFile if the dumped kernel's (VMCOREINFO BUILD-ID) differs."""
     try:
-        with open(path, "rb") as f:
+        with open(vmlinux, "rb") as f:
             build_id = elf_build_id(ELFFile(f))
     except (OSError, ELFError) as exc:
-        raise BadFile(f"{path}: {exc}") from None
-    wanted = _dump_build_id(context.dump)
+        raise BadFile(f"{vmlinux}: {exc}") from None
+    wanted = _dump_build_id(dump)
     if wanted and build_id and not wanted.startswith(build_id[:len(wanted)]) \
             and not build_id.startswith(wanted):
-        raise BadFile(f"{Path(path).name} has build id {build_id}, the dumped kernel {wanted}: "
+        raise BadFile(f"{Path(vmlinux).name} has build id {build_id}, the dumped kernel {wanted}: "
                       "another kernel")
     return build_id
 
 
-def kernel_types(context):
-    """(types or None, notes, reason when None)."""
+def kernel_types(dump: Dump, btf=None, vmlinux=None, release: str | None = None,
+                 dump_btf: Callable[[], Types] | None = None):
+    """(types or None, notes, reason when None).
+
+    In order: the `btf` file; the `vmlinux`'s .BTF section (refused with the rest of the
+    vmlinux when its build id is another kernel's); `dump_btf()`, the kernel's own BTF
+    (raising KernelUnavailable or BtfError, called only when needed; the symbols that
+    locate it include the vmlinux's); the `vmlinux`'s DWARF (its layout cache is keyed by
+    `release`), only where there is no BTF anywhere.
+    """
     notes: list[str] = []
     reasons: list[str] = []
-    if context.btf is not None:
+    if btf is not None:
         try:
-            types = btf_from_file(context.btf)
+            types = btf_from_file(btf)
             notes.append(f"{types.source} (--btf)")
             return types, notes, None
         except (BtfError, OSError) as exc:
-            reasons.append(f"--btf {context.btf}: {exc}")
-    vmlinux = None                          # the --vmlinux, once known to be this kernel's
-    if context.vmlinux is not None:
-        name = Path(context.vmlinux).name
+            reasons.append(f"--btf {btf}: {exc}")
+    usable = None                           # the vmlinux, once known to be this kernel's
+    if vmlinux is not None:
         try:
-            build_id = _vmlinux_build_id(context)
-            vmlinux = context.vmlinux
+            build_id = _vmlinux_build_id(dump, vmlinux)
+            usable = vmlinux
             types = btf_from_file(vmlinux)
             notes.append(f"{types.source} (--vmlinux, build id {build_id or 'unknown'})")
             return types, notes, None
-        except BadFile as exc:
+        except BtfError as exc:             # before BadFile: a BtfError is one
+            reasons.append(f"--vmlinux {Path(vmlinux).name}: no BTF ({exc})")
+        except (BadFile, OSError) as exc:
             reasons.append(f"--vmlinux: {exc}")
-        except (BtfError, OSError) as exc:
-            reasons.append(f"--vmlinux {name}: no BTF ({exc})")
-    try:
-        kmem, symbols = context.memory, context.symbols
-        types = btf_from_memory(kmem, symbols)
-        notes.extend(f"not used: {r}" for r in reasons)
-        located = " (__start_BTF from the --vmlinux's symbol table)" if vmlinux is not None \
-            and any(s.startswith("vmlinux ") for s in symbols.sources) else ""
-        notes.append(types.source + located)
-        return types, notes, None
-    except KernelUnavailable as exc:
-        reasons.append(f"no BTF from the dump: {exc}")
-    except BtfError as exc:
-        reasons.append(str(exc))
-    if vmlinux is not None:
+    if dump_btf is not None:
         try:
-            release = context.release
-        except KernelUnavailable:
-            release = None
+            types = dump_btf()
+            notes.extend(f"not used: {r}" for r in reasons)
+            notes.append(types.source + (" (located with the symbols, the --vmlinux's among "
+                                         "them)" if usable is not None else ""))
+            return types, notes, None
+        except BtfError as exc:
+            reasons.append(str(exc))
+        except KernelUnavailable as exc:
+            reasons.append(f"no BTF from the dump: {exc}")
+    if usable is not None:
         started = time.monotonic()
         try:
-            types = DwarfTypes(vmlinux, release)
+            types = DwarfTypes(usable, release)
             if not types.from_cache:
                 types.resolve_wanted()
             notes.extend(f"not used: {r}" for r in reasons)
-            notes.append(f"DWARF of {Path(vmlinux).name} (--vmlinux, build id "
+            notes.append(f"DWARF of {Path(usable).name} (--vmlinux, build id "
                          f"{types.build_id or 'unknown'}, no BTF anywhere): "
                          + (f"layouts from the cache {types.cache.path}" if types.from_cache else
                             f"{types.cu_scanned} compile units read in "

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dumpfs.kernel.vmcoreinfo import read_os_info
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.kernel.address_space import KernelMemory
+from dumpfs.model import Dump
 
-X86_64_START_KERNEL_MAP = 0xFFFFFFFF80000000
 UTS_FIELD = 65                  # __NEW_UTS_LEN + 1
 UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
-
-# os_info value entries that describe s390 KASLR (newer kernels only)
-OS_INFO_IDENTITY_BASE, OS_INFO_KASLR_OFFSET, OS_INFO_KASLR_OFF_PHYS = 4, 5, 6
-OS_INFO_AMODE31_START, OS_INFO_AMODE31_END = 8, 9
 
 
 @dataclass
@@ -26,36 +22,14 @@ class Utsname:
     domainname: str
 
 
-def kernel_image_to_physical(dump: Dump, address: int) -> int | None:
-    """Physical address of a kernel-image symbol, without page tables."""
-    info = dump.vmcoreinfo
-    if dump.arch.name == "x86_64":
-        if address < X86_64_START_KERNEL_MAP or info is None:
-            return None
-        phys_base = info.number("NUMBER(phys_base)") or 0
-        return (address - X86_64_START_KERNEL_MAP + phys_base) % (1 << 64)
-    if dump.arch.name == "s390x":
-        os_info = read_os_info(dump)
-        entry = (lambda i: os_info.entry[i].addr_or_val) if os_info is not None else (lambda i: 0)
-        kaslr_offset = entry(OS_INFO_KASLR_OFFSET)
-        if not kaslr_offset:
-            return address          # before s390 KASLR bookkeeping: virtual == physical
-        if address < 0x2000 or entry(OS_INFO_AMODE31_START) <= address < entry(OS_INFO_AMODE31_END):
-            return address
-        if address < kaslr_offset:
-            return address - entry(OS_INFO_IDENTITY_BASE)
-        return address - kaslr_offset + entry(OS_INFO_KASLR_OFF_PHYS)
-    return None
-
-
-def _read_init_uts_ns(dump: Dump, address: int, size: int) -> bytes | None:
+def _read_init_uts_ns(dump: Dump, kmem: KernelMemory | None, address: int, size: int) -> bytes | None:
     """Through the kernel's page tables when they work, else the image map without them."""
-    from dumpfs.kernel.context import KernelUnavailable, kernel_context
-    try:
-        return kernel_context(dump).memory.read(address, size)
-    except (KernelUnavailable, MemoryUnavailable):
-        pass
-    physical = kernel_image_to_physical(dump, address)
+    if kmem is not None:
+        try:
+            return kmem.read(address, size)
+        except MemoryUnavailable:
+            pass
+    physical = dump.arch.kernel.image_to_physical(dump, address) if dump.arch.kernel else None
     if physical is None:
         return None
     try:
@@ -64,11 +38,12 @@ def _read_init_uts_ns(dump: Dump, address: int, size: int) -> bytes | None:
         return None
 
 
-def read_utsname(dump: Dump) -> Utsname | None:
+def read_utsname(dump: Dump, kmem: KernelMemory | None = None) -> Utsname | None:
+    """init_uts_ns's name, read through `kmem` (the kernel's memory, when it translates)."""
     info = dump.vmcoreinfo
     if info is None or info.symbol("init_uts_ns") is None:
         return None
-    data = _read_init_uts_ns(dump, info.symbol("init_uts_ns"), 1024)
+    data = _read_init_uts_ns(dump, kmem, info.symbol("init_uts_ns"), 1024)
     if data is None:
         return None
     # struct uts_namespace starts with a kref on some kernels: OFFSET(uts_namespace.name),

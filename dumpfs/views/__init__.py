@@ -6,11 +6,16 @@
     cpus/<n>/       registers (`name value` lines) and notes/<TYPE> raw payloads
     memory/         one file per contiguous physical range, and `map`
     kernel/         log, release, symbols, sources: read from the kernel's memory
-    dump.s390       (s390x only) the s390 stand-alone dump format, as zgetdump -f s390 writes it
+    dump.s390       the s390 stand-alone dump format, as zgetdump -f s390 writes it (for the
+                    machines whose `Arch.s390_dump` says it can hold them)
+
+The views that read the kernel (kernel/, proc/, info) share one `KernelContext`,
+built by the caller with the files the user gave.
 """
 
 from __future__ import annotations
 
+from dumpfs.kernel.context import KernelContext
 from dumpfs.model import Dump
 from dumpfs.tree import Dir, File
 from dumpfs.views.cpus import cpus_dir
@@ -22,18 +27,21 @@ from dumpfs.views.proc import proc_dir
 from dumpfs.views.vmcore import vmcore_file
 
 
-def build_tree(dump: Dump, name: str = "") -> Dir:
-    """The tree of one dump; nothing is computed until it is looked at."""
+def build_tree(dump: Dump, context: KernelContext | None = None, name: str = "") -> Dir:
+    """The tree of one dump, its kernel read through `context` (None: a context without
+    user-given files); nothing is computed until it is looked at."""
+    context = context if context is not None else KernelContext(dump)
+
     def children():
         nodes = [
             vmcore_file(dump),
-            File.from_bytes("info", lambda: info_text(dump).encode()),
-            File.from_bytes("info.json", lambda: info_json_text(dump).encode()),
+            File.from_bytes("info", lambda: info_text(dump, context).encode()),
+            File.from_bytes("info.json", lambda: info_json_text(dump, context).encode()),
             cpus_dir(dump),
             memory_dir(dump),
-            kernel_dir(dump),
-            proc_dir(dump),
-        ] + ([dump_s390_file(dump)] if dump.arch.name == "s390x" else [])
+            kernel_dir(context),
+            proc_dir(context),
+        ] + ([dump_s390_file(dump)] if dump.arch.s390_dump else [])
         if dump.vmcoreinfo is not None:
             nodes.append(File.from_bytes("vmcoreinfo", dump.vmcoreinfo.text.encode()))
         return nodes

@@ -21,9 +21,10 @@ import bisect
 import struct
 
 from dumpfs.arch import s390x
+from dumpfs.errors import MemoryUnavailable
 from dumpfs.s390dump import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390, DumpHeader,
                              EndMarker, datetime_to_tod)
-from dumpfs.model import Dump, MemoryUnavailable, PageState
+from dumpfs.model import Dump, PageState
 from dumpfs.tree import File
 from dumpfs.views.extents import Extent, ExtentFile, lazy_extent_file
 
@@ -112,6 +113,7 @@ def build_dump_s390(dump: Dump) -> ExtentFile:
 
 
 def dump_s390_file(dump: Dump, name: str = "dump.s390") -> File:
-    """The `dump.s390` file of an s390x dump; its layout is computed on first stat or read."""
+    """The `dump.s390` file of a dump (`Arch.s390_dump`); its layout is computed on first stat
+    or read."""
     return lazy_extent_file(name, lambda: build_dump_s390(dump))
 

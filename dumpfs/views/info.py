@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from dumpfs.kernel.context import kernel_context
-from dumpfs.kernel.utsname import read_utsname
+from dumpfs.errors import KernelUnavailable
+from dumpfs.kernel.context import KernelContext
 from dumpfs.model import Dump, PageState
 from dumpfs.views.memory import contiguous_ranges
 
@@ -17,10 +17,17 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.0f} MiB" if size % (1 << 20) == 0 else f"{size / (1 << 20):.2f} MiB"
 
 
-def info_json(dump: Dump) -> dict:
+def _utsname(context: KernelContext):
+    try:
+        return context.utsname
+    except KernelUnavailable:
+        return None
+
+
+def info_json(dump: Dump, context: KernelContext) -> dict:
     meta = dump.meta
     memory = dump.memory
-    uts = read_utsname(dump)
+    uts = _utsname(context)
     details = meta.details
     return {
         "sources": list(dump.sources),
@@ -31,12 +38,12 @@ def info_json(dump: Dump) -> dict:
         "page_size": dump.page_size,
         "dump_time": meta.dump_time.isoformat() if meta.dump_time else None,
         "complete": meta.complete,
-        "problems": list(meta.problems),
+        "problems": [str(problem) for problem in meta.problems],
         "kernel_release": meta.kernel_release,
         "utsname": dataclasses.asdict(uts) if uts else None,
         "dump_level": meta.dump_level,
         "compression": meta.compression,
-        "processes": kernel_context(dump).processes_status(),
+        "processes": context.processes_status(),
         "cpu_count": len(dump.cpus),
         "cpus": sorted(dump.cpus),
         "vmcoreinfo": meta.details.get("vmcoreinfo", "absent" if dump.vmcoreinfo is None else "note"),
@@ -53,8 +60,8 @@ def info_json(dump: Dump) -> dict:
     }
 
 
-def info_text(dump: Dump) -> str:
-    info = info_json(dump)
+def info_text(dump: Dump, context: KernelContext) -> str:
+    info = info_json(dump, context)
     uts = info["utsname"] or {}
     memory = info["memory"]
     rows = [
@@ -82,8 +89,8 @@ def info_text(dump: Dump) -> str:
     rows += [(str(k), str(v)) for k, v in info["details"].items()]
     lines = ["General dump info:"]
     lines += [f"  {label.ljust(19, '.')}: {value}" for label, value in rows]
-    if info["problems"]:
-        lines += ["", "Problems:"] + [f"  {p}" for p in info["problems"]]
+    if dump.meta.problems:
+        lines += ["", "Problems:"] + [f"  {p.severity.name.lower()}: {p}" for p in dump.meta.problems]
     lines += ["", "Memory map:"]
     ranges = memory["ranges"]
     for start, end in ranges[:MAX_RANGES_IN_TEXT]:
@@ -93,5 +100,5 @@ def info_text(dump: Dump) -> str:
     return "\n".join(lines) + "\n"
 
 
-def info_json_text(dump: Dump) -> str:
-    return json.dumps(info_json(dump), indent=2, default=str) + "\n"
+def info_json_text(dump: Dump, context: KernelContext) -> str:
+    return json.dumps(info_json(dump, context), indent=2, default=str) + "\n"

@@ -11,15 +11,13 @@ reason is in `kernel/sources` and in `info`'s problems.
 
 from __future__ import annotations
 
-
-from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable
+from dumpfs.kernel.context import KernelContext
 from dumpfs.tree import Dir, File
 
 
-def kernel_dir(dump: Dump, system_map=None, vmlinux=None) -> Dir:
-    context = kernel_context(dump, system_map, vmlinux)
-
+def kernel_dir(context: KernelContext) -> Dir:
+    """The kernel/ folder of the context's dump."""
     def sources() -> bytes:
         # touch every part so that the notes and problems are complete
         for part in ("memory", "symbols", "log", "release", "types"):

@@ -22,19 +22,19 @@ import struct
 import threading
 from functools import cached_property
 
+from dumpfs.arch import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
 from dumpfs.elf import ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_SIZE, PT_LOAD, PT_NOTE, EHDR_SIZE, \
     Elf64Header
 from dumpfs.elfnote import build_note
-from dumpfs.kernel.context import KernelUnavailable, kernel_context
-from dumpfs.kernel.tasks import Task, WalkError
-from dumpfs.model import Dump, MemoryUnavailable, Note
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable, WalkError
+from dumpfs.kernel.context import KernelContext
+from dumpfs.kernel.mm import MmWalker
+from dumpfs.kernel.tasks import Task
+from dumpfs.model import Note
 from dumpfs.tree import Dir, File
 from dumpfs.views.extents import Extent, ExtentFile
 
-NT_PRSTATUS, NT_PRPSINFO, NT_AUXV, NT_FILE = 1, 3, 6, 0x46494C45
-PRSTATUS_SIZE = 336
-PR_REG_OFFSET = 112
-ERRORS = (KernelUnavailable, MemoryUnavailable, WalkError)
+ERRORS = (KernelUnavailable, MemoryUnavailable)     # WalkError is a KernelUnavailable
 
 
 def _eio(what: str, exc: Exception) -> OSError:
@@ -132,9 +132,9 @@ def stat_text(task: Task) -> bytes:
 
 
 class Processes:
-    def __init__(self, dump: Dump):
-        self.dump = dump
-        self.context = kernel_context(dump)
+    def __init__(self, context: KernelContext):
+        self.dump = context.dump
+        self.context = context
 
     @cached_property
     def walker(self):
@@ -142,7 +142,6 @@ class Processes:
 
     @cached_property
     def mm_walker(self):
-        from dumpfs.kernel.mm import MmWalker
         return MmWalker(self.context.memory, self.context.symbols, self.context.types)
 
     def listing(self) -> list:
@@ -211,52 +210,15 @@ def region_files(process: Process) -> list:
 # core
 # ---------------------------------------------------------------------------
 
-def user_registers(process: Process, task: Task) -> bytes:
-    """pr_reg of NT_PRSTATUS (x86_64 user_regs_struct, s390x s390_regs), from the task's pt_regs."""
-    procs = process.procs
-    types = procs.context.types
-    regs = procs.walker.pt_regs(task)
-    kmem = procs.context.memory
-    prefix = kmem.prefix
-    arch = procs.dump.arch.name
-    if arch == "x86_64":
-        # pt_regs: r15 .. ss, the first 21 words of user_regs_struct
-        words = list(struct.unpack_from(prefix + "21Q", regs))
-        extra = [0] * 6             # fs_base gs_base ds es fs gs
-        try:
-            thread = task.address + types.offsetof("task_struct", "thread")
-            for i, name in enumerate(("fsbase", "gsbase", "ds", "es", "fsindex", "gsindex")):
-                member = types.member("thread_struct", name)
-                raw = kmem.read(thread + member.offset, member.size)
-                extra[i] = int.from_bytes(raw, "little")
-        except (MemoryUnavailable, Exception):  # noqa: BLE001 - segments are cosmetic
-            pass
-        return struct.pack(prefix + "27Q", *(words + extra))
-    if arch == "s390x":
-        psw = types.offsetof("pt_regs", "psw")
-        gprs = types.offsetof("pt_regs", "gprs")
-        mask, addr = struct.unpack_from(prefix + "QQ", regs, psw)
-        gpr = struct.unpack_from(prefix + "16Q", regs, gprs)
-        orig = struct.unpack_from(prefix + "Q", regs, types.offsetof("pt_regs", "orig_gpr2"))[0]
-        try:
-            acrs = kmem.array("I", task.address + types.offsetof("task_struct", "thread")
-                              + types.offsetof("thread_struct", "acrs"), 16)
-        except (MemoryUnavailable, Exception):  # noqa: BLE001
-            acrs = (0,) * 16
-        return struct.pack(prefix + "QQ16Q16IQ", mask, addr, *gpr, *acrs, orig)
-    raise WalkError(f"no user registers for {arch}")
-
-
 def prstatus(process: Process, task: Task) -> bytes:
-    prefix = process.procs.context.memory.prefix
-    head = struct.pack(prefix + "iiih2xQQiiii", 0, 0, 0, 0, 0, 0, task.pid, task.ppid,
-                       process.task.tgid, process.task.tgid)
-    head = head.ljust(PR_REG_OFFSET, b"\0")
+    """NT_PRSTATUS of one thread: user registers from pt_regs at the top of its kernel stack."""
+    procs = process.procs
     try:
-        regs = user_registers(process, task)
+        regs = procs.walker.user_registers(task)
     except (ERRORS + (Exception,)):             # noqa: BLE001 - a thread without registers
-        regs = bytes(216)
-    return (head + regs).ljust(PRSTATUS_SIZE, b"\0")
+        regs = None
+    return procs.dump.arch.kernel.prstatus(task.pid, task.ppid, process.task.tgid,
+                                           process.task.tgid, regs)
 
 
 def prpsinfo(process: Process) -> bytes:
@@ -338,5 +300,5 @@ def core_file(process: Process) -> File:
 
 # ---------------------------------------------------------------------------
 
-def proc_dir(dump: Dump) -> Dir:
-    return Dir("proc", Processes(dump).listing)
+def proc_dir(context: KernelContext) -> Dir:
+    return Dir("proc", Processes(context).listing)

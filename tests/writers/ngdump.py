@@ -4,10 +4,11 @@ directory holding `ngdump.meta` and the dump file, no mount needed (e2fsprogs).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from pathlib import Path
+
+from fixturecache import sha256_of
 
 
 def meta_text(file: str = "", sha256: str = "") -> str:
@@ -28,7 +29,7 @@ def write_ngdump_partition(image: Path, workdir: Path, dump_writer, *, size: int
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as f:
             dump_writer(f)
-        digest = _sha256(target)
+        digest = sha256_of(target)
     for name, data in (extra or {}).items():
         (root / name).write_bytes(data)
     (root / "ngdump.meta").write_text(meta if meta is not None else
@@ -55,11 +56,3 @@ def write_lkcd_file_system(image: Path, workdir: Path, files: dict[str, object],
     subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(root), str(image), f"{size >> 10}k"],
                    check=True, capture_output=True)
     shutil.rmtree(root)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()

@@ -12,6 +12,8 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from synthetic import overlaid
+
 MAGIC_S390 = 0xA8190173618F23FD
 MAGIC_S390_EXT = 0xA8190173618F23FE
 HEADER_FORMAT = ">QIIIIQQQIIQQIIIQBHHBI"     # df_s390_hdr up to zlib_entry_size (0x66 bytes)
@@ -81,16 +83,7 @@ def store_status(read, cpus: list[CpuState]) -> dict[int, bytes]:
 
 
 def memory_with_status(read, cpus: list[CpuState]):
-    overlays = sorted(store_status(read, cpus).items())
-
-    def read_stored(address: int, length: int) -> bytes:
-        data = bytearray(read(address, length))
-        for start, blob in overlays:
-            low, high = max(address, start), min(address + length, start + len(blob))
-            if low < high:
-                data[low - address:high - address] = blob[low - start:high - start]
-        return bytes(data)
-    return read_stored
+    return overlaid(read, dict(sorted(store_status(read, cpus).items())))
 
 
 def end_marker(tod_end: int, pad_to: int = 16) -> bytes:

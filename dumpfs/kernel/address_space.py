@@ -3,16 +3,12 @@
 An `AddressSpace` turns one virtual address into a physical one (and says how
 far the mapping runs); `KernelMemory` reads through one, page by page, like
 the kernel's C would (`read_u64`, `read_pointer`, `read_cstring`).  The
-architecture walks live in `x86_64_paging` and `s390x_dat`; this module picks
-the kernel's address space for a dump:
-
-    x86_64   4/5-level page tables from SYMBOL(init_top_pgt) (kernel image
-             mapping + phys_base to find it), else CPU 0's CR3
-    s390x    DAT tables from SYMBOL(swapper_pg_dir) or a CPU's CR1/CR13
-             kernel ASCE; the identity map (elf-vmcore.md §6) as fallback
+machine's own walks (page tables, DAT) live in `dumpfs/arch/`, which build on
+these classes; `kernel_memory` asks the dump's architecture for the kernel's
+address space.
 
 A failed translation raises `TranslationError`, a `MemoryUnavailable`, for
-that address only.
+that address only.  This module imports nothing else of `dumpfs.kernel`.
 """
 
 from __future__ import annotations
@@ -20,17 +16,15 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from dumpfs.model import Dump, MemoryUnavailable
+from dumpfs.errors import MemoryUnavailable, TranslationError
 
+if TYPE_CHECKING:
+    from dumpfs.model import Dump
 
-class TranslationError(MemoryUnavailable):
-    """A virtual address that has no physical page (not mapped, or the tables are unreadable)."""
-
-    def __init__(self, address: int, reason: str):
-        Exception.__init__(self, f"virtual address {address:#x}: {reason}")
-        self.address = address
-        self.reason = reason
+__all__ = ["AddressSpace", "FallbackSpace", "IdentitySpace", "KernelMemory", "TableCache",
+           "TranslationError", "kernel_memory"]
 
 
 class TableCache:
@@ -106,9 +100,11 @@ class KernelMemory:
 
     TLB_ENTRIES = 4096
 
-    def __init__(self, dump: Dump, space: AddressSpace, page_size: int | None = None):
+    def __init__(self, dump: Dump, space: AddressSpace, page_size: int | None = None,
+                 tables: TableCache | None = None):
         self.dump = dump
         self.space = space
+        self.tables = tables or TableCache(dump)     # shared with the user spaces it opens
         self.page_size = page_size or dump.page_size or 4096
         self.prefix = dump.arch.struct_prefix
         self.byteorder = dump.arch.byteorder
@@ -203,40 +199,12 @@ class KernelMemory:
         return struct.unpack(f"{self.prefix}{count}{fmt}", self.read(address, size * count))
 
 
-# ---------------------------------------------------------------------------
-# Choosing the kernel's address space
-# ---------------------------------------------------------------------------
-
-def kernel_address_space(dump: Dump, cache: TableCache | None = None) -> tuple[AddressSpace, list[str]]:
-    """The kernel's own address space and notes on how it was found (or what is missing)."""
-    cache = cache or TableCache(dump)
-    if dump.arch.name == "x86_64":
-        from dumpfs.kernel.x86_64_paging import kernel_space
-        return kernel_space(dump, cache)
-    if dump.arch.name == "s390x":
-        from dumpfs.kernel.s390x_dat import kernel_space
-        return kernel_space(dump, cache)
-    raise TranslationError(0, f"no address translation for {dump.arch.name}")
-
-
-def user_address_space(dump: Dump, pgd: int, cache: TableCache | None = None) -> AddressSpace:
-    """A process's address space from its top-level table (x86_64: CR3 / mm->pgd as
-    physical address; s390x: an ASCE or a physical table origin)."""
-    cache = cache or TableCache(dump)
-    if dump.arch.name == "x86_64":
-        from dumpfs.kernel.x86_64_paging import X86_64Paging, paging_levels
-        return X86_64Paging(cache, pgd, paging_levels(dump), sme_mask(dump))
-    if dump.arch.name == "s390x":
-        from dumpfs.kernel.s390x_dat import DatSpace
-        return DatSpace.from_asce(cache, pgd)
-    raise TranslationError(0, f"no address translation for {dump.arch.name}")
-
-
-def sme_mask(dump: Dump) -> int:
-    info = dump.vmcoreinfo
-    return (info.number("NUMBER(sme_mask)") or 0) if info is not None else 0
-
-
 def kernel_memory(dump: Dump) -> tuple[KernelMemory, list[str]]:
-    space, notes = kernel_address_space(dump)
-    return KernelMemory(dump, space), notes
+    """The kernel's own address space, as the dump's architecture finds it, and notes on how
+    it was found (or what is missing); raises TranslationError when there is none."""
+    rules = dump.arch.kernel
+    if rules is None:
+        raise TranslationError(0, f"no address translation for {dump.arch.name}")
+    tables = TableCache(dump)
+    space, notes = rules.kernel_space(dump, tables)
+    return KernelMemory(dump, space, tables=tables), notes

@@ -14,8 +14,14 @@ entries, 0x400 in page-table entries.
 
 from __future__ import annotations
 
-from dumpfs.kernel.translate import AddressSpace, TableCache, TranslationError
-from dumpfs.model import Dump, MemoryUnavailable
+from typing import TYPE_CHECKING
+
+from dumpfs.arch.s390x_os_info import S390IdentityMap
+from dumpfs.errors import MemoryUnavailable, TranslationError
+from dumpfs.kernel.address_space import AddressSpace, FallbackSpace, IdentitySpace, TableCache
+
+if TYPE_CHECKING:
+    from dumpfs.model import Dump
 
 _ASCE_REAL_SPACE = 0x20
 _ASCE_TYPE_MASK = 0x0C
@@ -53,7 +59,6 @@ class DatSpace(AddressSpace):
     @classmethod
     def from_asce(cls, cache: TableCache, asce: int) -> "AddressSpace":
         if asce & _ASCE_REAL_SPACE:
-            from dumpfs.kernel.translate import IdentitySpace
             return IdentitySpace()
         return cls(cache, asce, (asce & _ASCE_TYPE_MASK) >> 2, asce & _ASCE_TABLE_LENGTH)
 
@@ -107,38 +112,6 @@ class DatSpace(AddressSpace):
         raise TranslationError(address, "bad designation type")
 
 
-class S390IdentityMap(AddressSpace):
-    """dfi_vm_vtop (elf-vmcore.md §6): the identity map, shifted by os_info's KASLR entries."""
-
-    name = "s390 identity map (os_info)"
-
-    def __init__(self, dump: Dump):
-        from dumpfs.kernel.utsname import (OS_INFO_AMODE31_END, OS_INFO_AMODE31_START,
-                                           OS_INFO_IDENTITY_BASE, OS_INFO_KASLR_OFF_PHYS,
-                                           OS_INFO_KASLR_OFFSET)
-        from dumpfs.kernel.vmcoreinfo import read_os_info
-        os_info = read_os_info(dump)
-
-        def entry(i):
-            return os_info.entry[i].addr_or_val if os_info is not None else 0
-        self.kaslr_offset = entry(OS_INFO_KASLR_OFFSET)
-        self.identity_base = entry(OS_INFO_IDENTITY_BASE)
-        self.kaslr_off_phys = entry(OS_INFO_KASLR_OFF_PHYS)
-        self.amode31 = (entry(OS_INFO_AMODE31_START), entry(OS_INFO_AMODE31_END))
-
-    def physical(self, address: int) -> int:
-        if not self.kaslr_offset:
-            return address      # before s390 KASLR bookkeeping: virtual == physical
-        if address < 0x2000 or self.amode31[0] <= address < self.amode31[1]:
-            return address
-        if address < self.kaslr_offset:
-            return address - self.identity_base
-        return address - self.kaslr_offset + self.kaslr_off_phys
-
-    def translate(self, address: int) -> tuple[int, int]:
-        return self.physical(address), 0x1000 - address % 0x1000
-
-
 def _table_type(cache: TableCache, origin: int) -> int | None:
     """The designation type of the table at `origin`, from its valid entries' TT bits."""
     try:
@@ -155,7 +128,6 @@ def _table_type(cache: TableCache, origin: int) -> int | None:
 
 def kernel_space(dump: Dump, cache: TableCache) -> tuple[AddressSpace, list[str]]:
     """The kernel ASCE (swapper_pg_dir, CR1/CR7/CR13), with the identity map as fallback."""
-    from dumpfs.kernel.translate import FallbackSpace
     notes: list[str] = []
     identity = S390IdentityMap(dump)
     info = dump.vmcoreinfo

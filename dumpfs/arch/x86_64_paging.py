@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
-from dumpfs.kernel.translate import (AddressSpace, FallbackSpace, TableCache, TranslationError,
-                                     sme_mask)
-from dumpfs.model import Dump, MemoryUnavailable
+from typing import TYPE_CHECKING
+
+from dumpfs.errors import MemoryUnavailable, TranslationError
+from dumpfs.kernel.address_space import AddressSpace, FallbackSpace, TableCache
+
+if TYPE_CHECKING:
+    from dumpfs.model import Dump
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000      # __START_KERNEL_map
 DEFAULT_KERNEL_IMAGE_SIZE = 1 << 30        # KERNEL_IMAGE_SIZE with KASLR
@@ -71,7 +75,18 @@ class KernelImageSpace(AddressSpace):
     def translate(self, address: int) -> tuple[int, int]:
         if not START_KERNEL_MAP <= address < START_KERNEL_MAP + self.image_size:
             raise TranslationError(address, "outside the kernel image mapping")
-        return (address - START_KERNEL_MAP + self.phys_base) % (1 << 64), 0x1000 - address % 0x1000
+        return image_to_physical(address, self.phys_base), 0x1000 - address % 0x1000
+
+
+def image_to_physical(address: int, phys_base: int) -> int:
+    """__pa_symbol(): a kernel-image address minus __START_KERNEL_map, plus phys_base."""
+    return (address - START_KERNEL_MAP + phys_base) % (1 << 64)
+
+
+def sme_mask(dump: Dump) -> int:
+    """The AMD SME encryption bit that page-table entries carry beside the address."""
+    info = dump.vmcoreinfo
+    return (info.number("NUMBER(sme_mask)") or 0) if info is not None else 0
 
 
 def paging_levels(dump: Dump) -> int:
@@ -120,6 +135,11 @@ def kernel_space(dump: Dump, cache: TableCache) -> tuple[AddressSpace, list[str]
         notes.append("no page tables: only the kernel image mapping translates")
         return image, notes
     raise TranslationError(0, "; ".join(notes + ["no CPU has a CR3 register"]))
+
+
+def user_space(dump: Dump, cr3: int, cache: TableCache) -> X86_64Paging:
+    """A process's page tables from its CR3 (mm->pgd as a physical address)."""
+    return X86_64Paging(cache, cr3, paging_levels(dump), sme_mask(dump))
 
 
 def page_offset_base(kmem, symbols=None) -> tuple[int, str]:
