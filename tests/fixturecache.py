@@ -90,6 +90,28 @@ def unpacked(folder: str, name: str) -> Path:
     return target
 
 
+# the distro debug vmlinux of each fixture's kernel: (release, Debian architecture, suite)
+DEBUG_VMLINUX = {
+    "x86_64-debian11": ("5.10.0-32-amd64", "amd64", "bullseye"),
+    "s390x-debian": ("6.1.0-50-s390x", "s390x", "bookworm"),
+    "x86_64-debian": ("6.1.0-56-amd64", "amd64", "bookworm-security"),
+    "x86_64-debian-many": ("6.1.0-57-amd64", "amd64", "bookworm-security"),
+}
+
+
+def debug_vmlinux(folder: str) -> Path:
+    """The distro debug vmlinux of a fixture's kernel (hundreds of MB: too big to ship),
+    downloaded once by fixtures/fetch-debug-vmlinux.sh into a cache next to the dumps'."""
+    release, arch, suite = DEBUG_VMLINUX[folder]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    done = subprocess.run([str(FIXTURES / "fetch-debug-vmlinux.sh"), release, arch, suite,
+                           str(Path(base) / "dumpfs" / "debug-vmlinux")],
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(f"fetch-debug-vmlinux.sh {release}: {done.stderr.strip()[-2000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 if __name__ == "__main__":
     # Unpack everything (CI calls this once, before the tests, to warm the cache).
     for folder, record in all_dumps():

@@ -1,5 +1,6 @@
 """proc/: processes from the dump against the fixtures' truth.json, through real FUSE mounts
-(with the kernel's own BTF, and with the custom kernels' vmlinux DWARF); gdb on proc/PID/core;
+(with the kernel's own BTF, and with the custom kernels' vmlinux: its .BTF, its DWARF's layouts
+equal to it); gdb on proc/PID/core;
 drgn on the same dump; hostile memory (loops, pointers into nowhere, absurd sizes) stays bounded."""
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def test_kernel_log_and_sources_name_the_type_source(mount, folder, name, with_v
     log = (root / "kernel" / "log").read_text().splitlines()
     assert log[-len(truth["log_tail_raw"]):] == truth["log_tail_raw"]
     sources = (root / "kernel" / "sources").read_text()
-    assert ("note: types: DWARF of vmlinux" if with_vmlinux else "note: types: BTF in the dump") in sources
+    # the custom kernels' vmlinux has a .BTF section: used before its DWARF
+    assert ("note: types: BTF in the .BTF section of" if with_vmlinux else
+            "note: types: BTF in the dump") in sources
     info = (root / "info").read_text()
     assert re.search(r"^  Processes\.*: from the task list; types: (DWARF|BTF)", info, re.M)
 
@@ -383,4 +386,5 @@ def test_info_command_explains_processes_too():
     vmlinux = fc.unpacked("x86_64-custom", "vmlinux-6.1.192-dumpfs.xz")
     done = run_dumpfs("info", "--vmlinux", vmlinux, custom)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^  Processes\.*: from the task list; types: DWARF", done.stdout, re.M)
+    assert re.search(r"^  Processes\.*: from the task list; types: BTF in the \.BTF section",
+                     done.stdout, re.M)

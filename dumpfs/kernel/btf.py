@@ -265,8 +265,10 @@ def btf_from_file(path) -> BtfTypes:
             if section is None:
                 raise BtfError(f"{path}: ELF without a .BTF section")
             blob = section.data()
+            source = f"BTF in the .BTF section of {path}"
         else:
             blob = f.read(MAX_BTF + 1)
+            source = f"BTF file {path}"
     if len(blob) > MAX_BTF:
         raise BtfError(f"{path}: larger than {MAX_BTF} bytes")
-    return BtfTypes(blob, f"BTF file {path}")
+    return BtfTypes(blob, source)

@@ -135,8 +135,8 @@ class KernelContext:
 
     @property
     def types(self) -> Types:
-        """Type layouts: --btf file, else the --vmlinux's DWARF, else the kernel's own BTF.
-        Failing, the message says what processes need."""
+        """Type layouts, BTF before DWARF: --btf file, the --vmlinux's .BTF, the kernel's own
+        BTF, the --vmlinux's DWARF.  Failing, the message says what processes need."""
         def compute():
             release = None
             if self.vmlinux is not None:
