@@ -247,6 +247,12 @@ def _symbol_source_options(parser) -> None:
 def _kernel_contexts(dumps: list, args) -> list:
     """Each dump's KernelContext, with the --vmlinux / --system-map / --btf files."""
     from dumpfs.kernel.context import KernelContext
+    from dumpfs.kernel.given_files import check_system_map, check_vmlinux
+    for dump in dumps:
+        if args.vmlinux is not None:
+            check_vmlinux(dump, args.vmlinux)
+        if args.system_map is not None:
+            check_system_map(dump, args.system_map)
     return [KernelContext(dump, system_map=args.system_map, vmlinux=args.vmlinux, btf=args.btf)
             for dump in dumps]
 
