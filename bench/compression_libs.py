@@ -67,14 +67,6 @@ def opener(library: str, path: str, cache_dir: str):
         def build(f):
             f.build_full_index()
         return (lambda: indexed_gzip.IndexedGzipFile(path, spacing=1 * MiB)), build
-    if library.startswith("rapidgzip"):
-        import rapidgzip
-        parallel = int(library[-1])
-        cls = rapidgzip.IndexedBzip2File if "bz2" in library else rapidgzip.RapidgzipFile
-
-        def build(f):
-            f.block_offsets()
-        return (lambda: cls(path, parallelization=parallel)), build
     if library == "rapidgzip-reopened":
         import rapidgzip
         index = os.path.join(cache_dir, "index")
@@ -86,6 +78,14 @@ def opener(library: str, path: str, cache_dir: str):
             f.import_index(index)
             return f
         return reopen, (lambda f: None)
+    if library.startswith("rapidgzip"):
+        import rapidgzip
+        parallel = int(library[-1])
+        cls = rapidgzip.IndexedBzip2File if "bz2" in library else rapidgzip.RapidgzipFile
+
+        def build(f):
+            f.block_offsets()
+        return (lambda: cls(path, parallelization=parallel)), build
     if library == "indexed_bzip2":
         import indexed_bzip2
 

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Callable
 
 import zstandard
-from construct import Bytes, Const, Int16ul, Int32ul, Int64ul, PascalString, Struct
+from construct import Bytes, Const, Int32ul, Int64ul, PaddedString, Struct
 from tqdm import tqdm
 
 from dumpfs.errors import DumpError, Unavailable
@@ -41,6 +41,7 @@ from dumpfs.model import may_wait
 CHUNK_SIZE = 256 << 10      # one random 4 KiB read decodes this much (~0.1 ms at zstd level 1)
 LEVEL = 1
 VERSION = 1
+NOTE_SIZE = 256
 DECODED_CHUNKS = 64         # decoded chunks kept in memory per source (16 MiB)
 
 HEADER = Struct(
@@ -52,7 +53,7 @@ HEADER = Struct(
     "complete" / Int32ul,           # 0: the compressed input ended early or is corrupt
     "table_crc" / Int32ul,
     "identity" / Bytes(64),         # the compressed file's identity, utf-8, zero padded
-    "note" / PascalString(Int16ul, "utf8"),
+    "note" / PaddedString(NOTE_SIZE, "utf8"),  # fixed size: the header is rewritten at the end
 )
 
 Progress = Callable[[int, int], None]
@@ -199,12 +200,14 @@ def open_cache(path: str, identity: str, name: str) -> ChunkCache | None:
 
 
 def build_cache(path: str, identity: str, reader, total: int, position: Callable[[], int],
-                name: str, progress: Progress | None = None) -> None:
+                name: str, progress: Progress | None = None,
+                check_end: Callable[[], str] | None = None) -> None:
     """One sequential pass: `reader.read(n)` (a decompressing file object) into the cache at `path`.
 
     `position()` says how far into the compressed input the reader is, for
     the progress bar (tqdm on a terminal) and the `progress` callback.  A
-    decoder error or an early end keeps what was decoded and records why.
+    decoder error or an early end keeps what was decoded and records why;
+    `check_end()` says what is wrong with an end the decoder took quietly.
     """
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -239,6 +242,9 @@ def build_cache(path: str, identity: str, reader, total: int, position: Callable
                     done = now
                 if note or len(chunk) < CHUNK_SIZE:
                     break
+            if not note and check_end is not None:
+                note = check_end()
+            note = note.encode()[:NOTE_SIZE].decode(errors="ignore")
             if sys.byteorder != "little":
                 table.byteswap()
             raw = table.tobytes()

@@ -217,6 +217,8 @@ def _open_native(source: Source, kind: str, always: bool):
         except Exception:           # noqa: BLE001 - a damaged frame table: the one pass says why
             return None
         starts = sorted(offsets.values())
+        if zstd_end_problem(source, max(offsets)):
+            return None             # cut short: the one pass keeps what is there and says why
 
         def opener():
             f = indexed_zstd.IndexedZstdFile(path)
@@ -244,6 +246,41 @@ DECODERS = {
 }
 
 
+def zstd_end_problem(source: Source, at: int = 0) -> str:
+    """Why the frames of a zstd file do not end where the file does ("" if they do).
+
+    The zstd stream reader takes a cut-off frame as a quiet end, so the
+    frames are walked by their block headers (3 bytes per block of up to
+    128 KiB) after the pass, or from `at`, the last frame a frame index knows.
+    """
+    while at < source.size:
+        head = source.read(at, 18)
+        magic = int.from_bytes(head[:4], "little")
+        if magic & ~0xF == 0x184D2A50 and len(head) >= 8:       # skippable frame
+            at += 8 + int.from_bytes(head[4:8], "little")
+            continue
+        if magic != 0xFD2FB528:
+            return f"no zstd frame at compressed offset {at:#x}: the data is corrupt"
+        try:
+            at += zstandard.frame_header_size(head)
+            checksum = 4 if zstandard.get_frame_parameters(head).has_checksum else 0
+        except zstandard.ZstdError:
+            return f"the zstd frame at compressed offset {at:#x} is cut short or corrupt"
+        while True:
+            block = source.read(at, 3)
+            if len(block) < 3:
+                break
+            value = int.from_bytes(block, "little")
+            at += 3 + (1 if (value >> 1) & 3 == 1 else value >> 3)
+            if value & 1:
+                break
+        if len(block) < 3 or at + checksum > source.size:
+            return f"the compressed data ends early (truncated at {source.size:#x}, in a zstd frame)"
+        at += checksum
+    return "" if at == source.size else \
+        f"the compressed data ends early (truncated at {source.size:#x}, in a zstd frame)"
+
+
 def cache_path(source: Source, kind: str) -> str | None:
     """Where the decompressed cache of `source` lives: keyed by the file's identity, or None."""
     identity = getattr(source, "identity", None)
@@ -265,7 +302,8 @@ def _open_cached(source: Source, kind: str, progress: Progress | None):
     state = "reused"
     if cache is None:
         f = SourceFile(source)
-        build_cache(path, identity, DECODERS[kind](f), source.size, f.tell, source.name, progress)
+        build_cache(path, identity, DECODERS[kind](f), source.size, f.tell, source.name, progress,
+                    (lambda: zstd_end_problem(source)) if kind == "zstd" else None)
         cache = open_cache(path, identity, name)
         if cache is None:
             raise DumpError(f"{source.name}: the decompressed cache {path} cannot be read back")
