@@ -43,6 +43,7 @@ import zstandard
 from dumpfs.chunkcache import CHUNK_SIZE, ChunkedReads, Progress, build_cache, cache_root, open_cache
 from dumpfs.errors import DumpError
 from dumpfs.source import FileSource, Source
+from dumpfs.sourcefile import SourceFile
 
 NATIVE_MAX_BLOCK = 16 << 20     # larger xz blocks / zstd frames: decompress once into the cache
 NATIVE_PIECE = 256 << 10        # decoded window cached per native read
@@ -66,34 +67,6 @@ def compression_of(source: Source) -> str | None:
     if len(head) >= 4 and int.from_bytes(head[:4], "little") & ~0xF == 0x184D2A50:
         return "zstd"       # starts with a skippable frame (pzstd, seekable zstd)
     return None
-
-
-class SourceFile(io.RawIOBase):
-    """A read-only file object over a Source, for decoders that want one; `tell` is the progress."""
-
-    def __init__(self, source: Source):
-        self.source = source
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.source.read(self.position, len(buffer))
-        buffer[:len(data)] = data
-        self.position += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.source.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
 
 
 class NativeReads(ChunkedReads):
