@@ -201,12 +201,13 @@ def open_cache(path: str, identity: str, name: str) -> ChunkCache | None:
 
 def build_cache(path: str, identity: str, reader, total: int, position: Callable[[], int],
                 name: str, progress: Progress | None = None,
-                check_end: Callable[[], str] | None = None) -> None:
+                check_end: Callable[[], str] | None = None,
+                errors: tuple[type[Exception], ...] = (EOFError, OSError, ValueError)) -> None:
     """One sequential pass: `reader.read(n)` (a decompressing file object) into the cache at `path`.
 
     `position()` says how far into the compressed input the reader is, for
     the progress bar (tqdm on a terminal) and the `progress` callback.  A
-    decoder error or an early end keeps what was decoded and records why;
+    decoder error (one of `errors`) or an early end keeps what was decoded and records why;
     `check_end()` says what is wrong with an end the decoder took quietly.
     """
     directory = os.path.dirname(path)
@@ -226,7 +227,7 @@ def build_cache(path: str, identity: str, reader, total: int, position: Callable
             while True:
                 try:
                     chunk = _read_full(reader, CHUNK_SIZE)
-                except (EOFError, OSError, ValueError, zstandard.ZstdError) as e:
+                except errors as e:
                     chunk, note = getattr(e, "partial", b""), _ended_early(e, position())
                 if chunk:
                     if chunk != zero[:len(chunk)]:
@@ -289,7 +290,8 @@ def _ended_early(error: Exception, at: int) -> str:
     if isinstance(error, EOFError) or "incomplete" in str(error).lower() or \
             "truncat" in str(error).lower():
         return f"the compressed data ends early (truncated near compressed offset {at:#x})"
-    return f"the compressed data is corrupt near compressed offset {at:#x}: {error}"
+    return (f"the compressed data is corrupt near compressed offset {at:#x}: {error} (a decoder "
+            f"checks a block when it ends: the bytes just before may be wrong too)")
 
 
 def _progress_bar(total: int, name: str):

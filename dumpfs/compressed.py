@@ -220,6 +220,10 @@ DECODERS = {
 }
 
 
+DECODER_ERRORS = (EOFError, OSError, ValueError, lzma.LZMAError, zstandard.ZstdError)
+"""What the decoders raise for data cut short (EOFError) or corrupt (the rest)."""
+
+
 def zstd_end_problem(source: Source, at: int = 0) -> str:
     """Why the frames of a zstd file do not end where the file does ("" if they do).
 
@@ -277,7 +281,7 @@ def _open_cached(source: Source, kind: str, progress: Progress | None):
     if cache is None:
         f = SourceFile(source)
         build_cache(path, identity, DECODERS[kind](f), source.size, f.tell, source.name, progress,
-                    (lambda: zstd_end_problem(source)) if kind == "zstd" else None)
+                    (lambda: zstd_end_problem(source)) if kind == "zstd" else None, DECODER_ERRORS)
         cache = open_cache(path, identity, name)
         if cache is None:
             raise DumpError(f"{source.name}: the decompressed cache {path} cannot be read back")

@@ -354,3 +354,21 @@ def test_truncated_to_nothing_is_one_error_line(recompressed, tmp_path):
     rc, lines, err = info_lines(cut)
     assert rc == 1
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("form", ["bz2", "sb.xz", "zst"])
+def test_corrupt_data_keeps_what_came_before_and_says_so(recompressed, tmp_path, form):
+    plain, packed = recompressed("x86_64-custom", "mkdf-zlib-d1.kdump.xz", form)
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\x5a" * 64
+    bad = tmp_path / f"bad.{form}"
+    bad.write_bytes(data)
+    source = compressed.open_compressed(str(bad))
+    try:
+        assert "incomplete: the compressed data is corrupt near compressed offset" in source.container
+        assert 0 < source.size < plain.stat().st_size
+        head = min(source.size // 2, MiB)      # the damaged block itself may decode to wrong bytes
+        with open(plain, "rb") as f:
+            assert source.read(0, head) == f.read(head)
+    finally:
+        source.close()
