@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 from types import ModuleType
 
+from dumpfs.compressed import open_compressed
 from dumpfs.errors import DumpError, NoDump
 from dumpfs.model import Dump, PageState
 from dumpfs.s390dump import MAGIC_S390, MAGIC_S390_EXT
@@ -141,6 +142,9 @@ def _opened(dump: Dump, source: Source) -> Dump:
         dump.sources.append(source.name)
     if source not in dump.resources:
         dump.resources.append(source)
+    container = getattr(source, "container", None)     # a compressed file: what holds the dump
+    if container:
+        dump.meta.details.setdefault("container", container)
     _complete_from_memory(dump)
     return dump
 
@@ -222,7 +226,7 @@ def open_paths(paths: list[str], *, partial: bool = False) -> list[Dump]:
                 _complete_from_memory(tape)
                 tapes[path] = tape
             else:
-                sources.append(FileSource(path))
+                sources.append(_look_inside(FileSource(path)))
     except BaseException:
         for source in sources:
             source.close()
@@ -248,6 +252,16 @@ def _tape_device(path: str) -> Dump | None:
     return tape.open_device(path) if tape.is_tape_device(path) else None
 
 
+def _look_inside(source: FileSource) -> Source:
+    """Detection looks through compression: a gzip, bzip2, xz or zstd file is the dump
+    inside it (dumpfs.compressed: a seek index or a one-pass cache, built once)."""
+    try:
+        return open_compressed(source) or source
+    except BaseException:
+        source.close()
+        raise
+
+
 def open_dump(path: str) -> Dump:
     dump = _tape_device(path)
     if dump is not None:
@@ -255,6 +269,7 @@ def open_dump(path: str) -> Dump:
         return dump
     source = FileSource(path)
     try:
+        source = _look_inside(source)
         return open_source(source)
     except BaseException:
         source.close()

@@ -13,13 +13,13 @@ File systems that zfcpdump v1/v2 (zipl --dumptofs) wrote LKCD files
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 
 from dumpfs.errors import DamagedDump, MissingPart, NoDump, Problem, Unsupported
 from dumpfs.model import Dump
 from dumpfs.source import BytesSource, RunsSource, Source
+from dumpfs.sourcefile import SourceFile
 
 SUPERBLOCK = 1024
 EXT_MAGIC = 0xEF53                  # s_magic at superblock + 0x38, little-endian
@@ -31,40 +31,6 @@ EXT4_INLINE_DATA_FL = 0x10000000
 def detect(source: Source) -> bool:
     raw = source.read(SUPERBLOCK + 0x38, 2)
     return len(raw) == 2 and struct.unpack("<H", raw)[0] == EXT_MAGIC
-
-
-class SourceFile(io.RawIOBase):
-    """A read-only file object over a Source, for dissect.extfs."""
-
-    def __init__(self, source: Source):
-        self.source = source
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.source.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.source.size - self.position
-        data = self.source.read(self.position, size)
-        self.position += len(data)
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 def parse_meta(text: str) -> dict[str, str]:
