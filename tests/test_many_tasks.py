@@ -194,8 +194,10 @@ def test_a_looping_pid_idr_is_cut():
     assert root & 3 == 2                        # a node: more than one pid
     node = root - 2
     slots = node + types.offsetof("xa_node", "slots")
-    # slot 0 of the root (pids 0..63 or a child holding them) becomes the root itself
-    hostile = patched(dump, context, {slots: root})
+    # slot 0 of the root (pids 0..63 or a child holding them) becomes the root itself; the
+    # task list's head points nowhere, so that the IDR is searched (the walk back finds all)
+    head = context.tasks.init_task + offset("task_struct", "tasks")
+    hostile = patched(dump, context, {slots: root, head: NOWHERE})
     _, found = walk(hostile)
     assert any("reached twice" in n for n in found.notes), found.notes
-    assert [t.pid for t in found.processes] == list(tasks)     # the task list has them all
+    assert [t.pid for t in found.processes] == list(tasks)

@@ -31,12 +31,15 @@ class IdrLayout:
 
     def __init__(self, types: Types):
         try:
-            if types.has_struct("xa_node"):
+            # idr_rt's own type says which: no search for a struct this kernel does not have
+            root = types.member("idr", "idr_rt").type
+            if root == "struct xarray":
                 self.node_tag, node, head = 2, "xa_node", "idr_rt.xa_head"
-            elif types.has_struct("radix_tree_node"):
+            elif root == "struct radix_tree_root":
                 self.node_tag, node, head = 1, "radix_tree_node", "idr_rt.rnode"
             else:
-                raise TypeMissing(f"{types.source}: neither struct xa_node nor radix_tree_node")
+                raise TypeMissing(f"{types.source}: idr.idr_rt is a {root or 'type'} "
+                                  "(neither struct xarray nor struct radix_tree_root)")
             self.head = types.offsetof("idr", head)
             self.base = (types.offsetof("idr", "idr_base")
                          if types.has_member("idr", "idr_base") else None)

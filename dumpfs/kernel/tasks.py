@@ -345,7 +345,8 @@ class TaskWalker:
     # -- walks ----------------------------------------------------------------
     def walk(self) -> TaskList:
         """Every thread-group leader (init_task itself, pid 0, aside), by pid, with its threads:
-        from the task list, walked both ways, and the pid IDR; deduplicated by address."""
+        the task list and thread lists, each walked both ways; where a walk was cut short or
+        a task could not be read, the pid IDR too.  Tasks are deduplicated by address."""
         found = TaskList()
         tasks: dict[int, Task] = {}
         failed: dict[int, tuple[list[str], WalkError]] = {}     # address -> (found where, why)
@@ -373,30 +374,11 @@ class TaskWalker:
             task = read(address, "the task list")
             if task is not None and task.pid > 0:
                 leaders[address] = task
-        idr_tasks, lost, problems = self.pid_idr_tasks()
-        found.notes += problems
-        idr_threads: dict[int, list[Task]] = {}
-        only_in_idr = []
-        for pid, address in idr_tasks:
-            idr_pids[address] = pid
-            if address in leaders:
-                continue
-            task = read(address, "the pid IDR")
-            if task is None or task.pid <= 0:
-                continue
-            tgid = task.get("tgid", task.pid)
-            if tgid == task.pid:
-                leaders[address] = task
-                only_in_idr.append(task.pid)
-            else:
-                idr_threads.setdefault(tgid, []).append(task)
-        if only_in_idr:
-            found.notes.append(f"{len(only_in_idr)} processes found only in the pid IDR: "
-                               + " ".join(map(str, sorted(only_in_idr)[:20]))
-                               + (" ..." if len(only_in_idr) > 20 else ""))
         for leader in leaders.values():
-            leader.threads = self._threads(leader, idr_threads.get(leader.pid, ()), read,
-                                           found.notes)
+            leader.threads = self._threads(leader, read, found.notes)
+        lost: list[tuple[int, str]] = []
+        if found.notes or failed:
+            lost = self._search_idr(found, leaders, read, idr_pids)
         for task in tasks.values():
             self._fill(task, tasks)
         by_pid: dict[int, Task] = {}
@@ -414,9 +396,49 @@ class TaskWalker:
         found.unreadable += [text for pid, text in lost if pid not in shown]
         return found
 
-    def _threads(self, leader: Task, extra, read, notes: list[str]) -> list[Task]:
-        """The leader first, then the other threads of its group by pid: its thread list
-        (walked both ways) and `extra`, the group's tasks found elsewhere."""
+    def _search_idr(self, found: TaskList, leaders: dict[int, Task], read,
+                    idr_pids: dict[int, int]) -> list[tuple[int, str]]:
+        """Add the tasks of the pid IDR the lists did not reach: leaders (with their threads)
+        to `leaders`, threads to their leader's; `idr_pids` gets every task's pid.  Returns the
+        pids whose struct pid could not be read, with why."""
+        idr_tasks, lost, problems = self.pid_idr_tasks()
+        found.notes += problems
+        known = {task.address for leader in leaders.values() for task in leader.threads}
+        only_in_idr: list[int] = []
+        threads: dict[int, list[Task]] = {}
+        for pid, address in idr_tasks:
+            idr_pids[address] = pid
+            if address in known:
+                continue
+            task = read(address, "the pid IDR")
+            if task is None or task.pid <= 0:
+                continue
+            known.add(address)
+            if task.get("tgid", task.pid) != task.pid:
+                threads.setdefault(task.tgid, []).append(task)
+                continue
+            leaders[address] = task
+            only_in_idr.append(pid)
+            task.threads = self._threads(task, read, found.notes)
+            known.update(thread.address for thread in task.threads)
+        if only_in_idr:
+            found.notes.append(f"{len(only_in_idr)} processes found only in the pid IDR: "
+                               + " ".join(map(str, sorted(only_in_idr)[:20]))
+                               + (" ..." if len(only_in_idr) > 20 else ""))
+        groups = {leader.pid: leader for leader in leaders.values()}
+        for tgid, members in threads.items():
+            leader = groups.get(tgid)
+            if leader is None:
+                found.notes.append(f"threads {' '.join(str(t.pid) for t in members)} of tgid "
+                                   f"{tgid}, whose leader cannot be read, are not shown")
+                continue
+            others = {task.address: task for task in leader.threads[1:] + members}
+            leader.threads = [leader] + sorted(others.values(), key=lambda task: task.pid)
+        return lost
+
+    def _threads(self, leader: Task, read, notes: list[str]) -> list[Task]:
+        """The leader first, then the other threads of its group by pid, from its thread
+        list (walked both ways)."""
         t = self.t
         what = f"threads of pid {leader.pid}"
         addresses: list[int] = []
@@ -438,8 +460,6 @@ class TaskWalker:
                 task = read(address, f"the threads of pid {leader.pid}")
                 if task is not None:
                     others[address] = task
-        for task in extra:
-            others.setdefault(task.address, task)
         return [leader] + sorted(others.values(), key=lambda task: task.pid)
 
     def threads_of(self, leader: Task) -> list[Task]:
@@ -455,7 +475,7 @@ class TaskWalker:
             except WalkError as exc:
                 notes.append(f"{where}: {exc}")
                 return None
-        leader.threads = self._threads(leader, (), read, notes)
+        leader.threads = self._threads(leader, read, notes)
         for note in notes:
             self._note(note)
         return leader.threads
