@@ -123,7 +123,8 @@ def test_a_task_that_cannot_be_read_is_named_with_the_reason():
     line = next(l for l in sources.splitlines() if f"{victim.address:#x}" in l)
     assert line.startswith("problem: processes: a task cannot be read: ")
     assert "pid 2000" in line and "excluded by the dump writer" in line, line
-    assert re.search(r"^  Tasks\.*: \d+ shown \(\d+ processes\), (\d+) could not be read", info, re.M)
+    assert re.search(rf"^  Tasks\.*: {len(listed)} shown \({len(listed)} processes\), "
+                     r"1 could not be read \(see Problems\)$", info, re.M), info
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +153,8 @@ def test_tasks_between_two_unreadable_entries_come_from_the_pid_idr():
     dump, context, tasks = opened(*CUSTOM)
     hostile = patched(dump, context, {tasks[46].address + offset("task_struct", "tasks")
                                       + offset("list_head", "prev"): NOWHERE})
-    hostile = excluding(hostile, [page_of(context, tasks[36].address + offset("task_struct", "tasks"))])
+    hostile = excluding(hostile, [page_of(context, tasks[36].address
+                                          + offset("task_struct", "tasks"))])
     _, found = walk(hostile)
     assert [t.pid for t in found.processes] == [pid for pid in tasks if pid != 36]
     assert any("walking back from the head: entry" in n for n in found.notes), found.notes

@@ -41,15 +41,23 @@ TASK_IDLE = 0x0402              # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
 TASK_RTLOCK_WAIT = 0x1000
 TASK_STATE_NAMES = ["R (running)", "S (sleeping)", "D (disk sleep)", "T (stopped)",
                     "t (tracing stop)", "X (dead)", "Z (zombie)", "P (parked)", "I (idle)"]
-# task_struct members read for every task, as struct formats (no byte order)
-TASK_MEMBERS = {"pid": "i", "tgid": "i", "comm": "16s", "flags": "I", "__state": "I",
-                "state": "Q", "exit_state": "I", "mm": "Q", "real_parent": "Q",
-                "real_cred": "Q", "signal": "Q", "stack": "Q"}
+# what is read of every task_struct: Task's name -> (member, struct format without byte order);
+# "state" is __state (task->state before 5.14)
+TASK_MEMBERS = {"pid": ("pid", "i"), "tgid": ("tgid", "i"), "comm": ("comm", "16s"),
+                "flags": ("flags", "I"), "state": ("__state", "I"),
+                "exit_state": ("exit_state", "I"),
+                "mm": ("mm", "Q"), "real_parent": ("real_parent", "Q"), "cred": ("real_cred", "Q"),
+                "signal": ("signal", "Q"), "stack": ("stack", "Q")}
 CRED_MEMBERS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
-
-
-def _member(name: str, doc: str) -> property:
-    return property(lambda self: self.value(name), doc=doc)
+# what a Task offers besides its address and pid, each raising WalkError when unreadable
+TASK_FIELDS = {
+    "tgid": "thread-group id", "comm": "the command name, decoded", "flags": "PF_* flags",
+    "state": "__state | exit_state", "mm": "struct mm_struct *",
+    "real_parent": "struct task_struct *", "cred": "real_cred: struct cred *",
+    "signal": "struct signal_struct *", "stack": "the kernel stack",
+    "ppid": "the real parent's tgid", "uids": "real, effective, saved, fs uid",
+    "gids": "real, effective, saved, fs gid",
+}
 
 
 class Task:
@@ -76,18 +84,11 @@ class Task:
     def get(self, name: str, default=None):
         return self.values.get(name, default)
 
-    tgid = _member("tgid", "thread-group id")
-    comm = _member("comm", "the command name, decoded")
-    flags = _member("flags", "PF_* flags")
-    state = _member("state", "__state | exit_state")
-    mm = _member("mm", "struct mm_struct *")
-    real_parent = _member("real_parent", "struct task_struct *")
-    cred = _member("cred", "real_cred: struct cred *")
-    signal = _member("signal", "struct signal_struct *")
-    stack = _member("stack", "the kernel stack")
-    ppid = _member("ppid", "the real parent's tgid")
-    uids = _member("uids", "real, effective, saved, fs")
-    gids = _member("gids", "real, effective, saved, fs")
+    def __getattr__(self, name: str):
+        """task.comm, task.mm, ...: the value of a member of TASK_FIELDS, or WalkError."""
+        if name in TASK_FIELDS:
+            return self.value(name)
+        raise AttributeError(name)
 
     @property
     def is_kernel_thread(self) -> bool:
@@ -199,15 +200,17 @@ class TaskWalker:
             raise WalkError(f"type information lacks what tasks need: {exc}") from None
         if self.t["__state"] is None and self.t.state is None:
             raise WalkError("task_struct has neither __state nor state")
-        self.state_member = "__state" if self.t["__state"] is not None else "state"
+        members = dict(TASK_MEMBERS)
+        if self.t["__state"] is None:
+            members["state"] = ("state", "Q")
         self._task_members = Members(self.prefix, {
-            name: (self.t[name], fmt) for name, fmt in TASK_MEMBERS.items()
-            if self.t[name] is not None and name not in ("__state", "state")} | {
-            self.state_member: (self.t[self.state_member], TASK_MEMBERS[self.state_member])})
+            name: (self.t[member], fmt) for name, (member, fmt) in members.items()
+            if self.t[member] is not None})
         self._cred_members = Members(self.prefix, {name: (self.cred[name], "I")
                                                    for name in CRED_MEMBERS})
         self.init_pid_ns = symbols.address("init_pid_ns")
-        self._prev = types.offsetof("list_head", "prev") if types.has_member("list_head", "prev") else 8
+        self._prev = (types.offsetof("list_head", "prev")
+                      if types.has_member("list_head", "prev") else 8)
         self.problems: list[str] = []      # of the last complete walk, and threads since
         self._problems_lock = threading.Lock()
         self._parents: dict[int, int] = {}
@@ -219,20 +222,14 @@ class TaskWalker:
         values, missing = self._task_members.read(self.kmem, address)
         if "pid" in missing:
             raise WalkError(f"task_struct at {address:#x} unreadable: {missing['pid']}")
-        state = values.pop(self.state_member, None)
         exit_state = values.pop("exit_state", 0)
-        why = missing.pop(self.state_member, None) or missing.pop("exit_state", None)
-        if why is None:
-            values["state"] = (state | exit_state) & 0xFFFFFFFF
-        else:
-            missing["state"] = why
+        if "exit_state" in missing:
+            missing["state"] = missing.pop("exit_state")
+            values.pop("state", None)
+        elif "state" in values:
+            values["state"] = (values["state"] | exit_state) & 0xFFFFFFFF
         if "comm" in values:
             values["comm"] = values["comm"].split(b"\0", 1)[0].decode("utf-8", "replace")
-        for old, new in (("real_cred", "cred"),):
-            if old in values:
-                values[new] = values.pop(old)
-            if old in missing:
-                missing[new] = missing.pop(old)
         return Task(address, values.pop("pid"), values, missing)
 
     def _fill(self, task: Task, known: dict[int, Task] | None = None) -> Task:
@@ -257,18 +254,20 @@ class TaskWalker:
             else:
                 task.values["ppid"] = ppid
         cred = task.get("cred")
-        if not cred:
-            why = "cred: " + task.missing.get("cred", "") if cred is None else None
+        why = None
+        if cred is None:
+            why = f"cred: {task.missing.get('cred')}"
+        elif not cred:
+            task.values["uids"] = task.values["gids"] = (0, 0, 0, 0)
         else:
             ids, missing = self._cred_members.read(self.kmem, cred)
-            why = next(iter(missing.values()), None)
-            if why is None:
+            if missing:
+                why = f"cred at {cred:#x}: {next(iter(missing.values()))}"
+            else:
                 task.values["uids"] = (ids["uid"], ids["euid"], ids["suid"], ids["fsuid"])
                 task.values["gids"] = (ids["gid"], ids["egid"], ids["sgid"], ids["fsgid"])
         if why is not None:
-            task.missing["uids"] = task.missing["gids"] = f"cred at {cred or 0:#x}: {why}"
-        elif not cred:
-            task.values["uids"] = task.values["gids"] = (0, 0, 0, 0)
+            task.missing["uids"] = task.missing["gids"] = why
         return task
 
     # -- lists ----------------------------------------------------------------
@@ -296,7 +295,8 @@ class TaskWalker:
             out.append(following)
             node = following
 
-    def _ring(self, head: int, member_offset: int, limit: int, what: str) -> tuple[list[int], list[str]]:
+    def _ring(self, head: int, member_offset: int, limit: int,
+              what: str) -> tuple[list[int], list[str]]:
         """Container addresses on the circular list at `head`, in list order: forwards from the
         head, and where that stops early, backwards from the head until the walks meet.
         The second value says what stopped the walks (empty: the list was whole)."""
@@ -336,7 +336,8 @@ class TaskWalker:
             try:
                 first = self.kmem.read_pointer(entry + pid_tasks)
             except MemoryUnavailable as exc:
-                lost.append((pid, f"pid IDR: pid {pid}: struct pid at {entry:#x} unreadable: {exc}"))
+                lost.append((pid, f"pid {pid} (in the pid IDR): struct pid at {entry:#x} "
+                                   f"unreadable: {exc}"))
                 continue
             if first:
                 tasks.append((pid, first - links))
