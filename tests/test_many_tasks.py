@@ -203,3 +203,24 @@ def test_a_looping_pid_idr_is_cut():
     _, found = walk(hostile)
     assert any("reached twice" in n for n in found.notes), found.notes
     assert [t.pid for t in found.processes] == list(tasks)
+
+
+def test_a_thread_found_only_in_the_pid_idr_joins_its_group():
+    """pid 47 made a thread of pid 46 (its tgid patched) and cut off the task list on both
+    sides: the IDR finds it, and it is shown under proc/46/task/, not as a process."""
+    dump, context, tasks = opened(*CUSTOM)
+    list_offset = offset("task_struct", "tasks")
+    hostile = patched(dump, context, {
+        tasks[46].address + list_offset: NOWHERE,
+        tasks[57].address + list_offset + offset("list_head", "prev"): NOWHERE})
+    tgid = tasks[47].address + offset("task_struct", "tgid")
+    hostile = patched_dump(hostile, {context.memory.translate(tgid): (46).to_bytes(4, "little")})
+    _, found = walk(hostile)
+    processes = {t.pid: t for t in found.processes}
+    assert 47 not in processes and set(processes) == set(tasks) - {47}
+    assert [t.pid for t in processes[46].threads] == [46, 47]
+    assert found.task_count == len(tasks)
+    tree = build_tree(hostile)
+    with time_limit(30):
+        assert set(tree.walk("proc/46/task").children) == {"46", "47"}
+        assert b"Threads:\t2\n" in tree.walk("proc/46/status").read(0, 4096)
