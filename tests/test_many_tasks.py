@@ -25,7 +25,7 @@ CUSTOM = ("x86_64-custom", "qemu-elf.vmcore.xz")
 # kernel threads of truth's snapshot that exited before the dump was taken: the dump's pid IDR
 # holds no struct pid for them (drgn's find_task finds neither)
 EXITED_KWORKERS = {31: "kworker/u4:2", 53: "kworker/0:2"}
-# a task_struct whose tail page makemdumpfile left out (an all-zero page): the first task the
+# a task_struct whose tail page makedumpfile left out (an all-zero page): the first task the
 # old walk lost, and every task after it with it
 TAIL_EXCLUDED = (350, 0xFFFF8CF4C3BFE100)
 NOWHERE = 0xFFFF_DEAD_0000_0000
