@@ -145,20 +145,23 @@ class Processes:
         return MmWalker(self.context.memory, self.context.symbols, self.context.types)
 
     def listing(self) -> list:
+        """One folder per process the walk found; what it could not read is in kernel/sources."""
         try:
-            tasks = self.walker.processes()
+            tasks = self.context.task_list.processes
         except ERRORS as exc:
             return [File.from_bytes("unavailable", f"{exc}\n".encode())]
-        for problem in self.walker.problems:
-            self.context.notes.append(f"processes: {problem}")
         return [process_dir(Process(self, task)) for task in tasks]
+
+
+def comm_text(task: Task) -> bytes:
+    return (task.comm + "\n").encode()
 
 
 def task_dir(process: Process, task: Task) -> Dir:
     return Dir(str(task.pid), [
-        File.from_bytes("comm", (task.comm + "\n").encode()),
-        File.from_bytes("status", lambda: status_text(task, None)),
-        File.from_bytes("stat", lambda: stat_text(task)),
+        computed("comm", lambda: comm_text(task)),
+        computed("status", lambda: status_text(task, None)),
+        computed("stat", lambda: stat_text(task)),
     ])
 
 
@@ -167,9 +170,9 @@ def process_dir(process: Process) -> Dir:
 
     def children():
         nodes = [
-            File.from_bytes("comm", (task.comm + "\n").encode()),
+            computed("comm", lambda: comm_text(task)),
             computed("status", lambda: status_text(task, len(process.threads))),
-            File.from_bytes("stat", lambda: stat_text(task)),
+            computed("stat", lambda: stat_text(task)),
             Dir("task", lambda: [task_dir(process, t) for t in process.threads]),
         ]
         if task.is_kernel_thread:
