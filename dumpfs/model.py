@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
-from dumpfs.errors import DumpError
-from dumpfs.errors import Problem, Severity
+from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity
 from dumpfs.extents import ExtentFile, Unreadable
 
 
@@ -65,6 +65,8 @@ _UNREADABLE = {
     PageState.MISSING: Unreadable("missing: the dump is truncated or incomplete there"),
 }
 NOT_IN_DUMP = Unreadable("not in the dump")
+HOLES = (PageState.EXCLUDED, PageState.MISSING)
+"""States of the pages a dump cannot deliver: the holes of the files that show memory."""
 ADDRESS_SPACE = 1 << 64
 
 
@@ -186,6 +188,38 @@ class Memory:
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""
         return (self._file or self._layout()).read(address, size)
+
+    def hole_at(self, address: int) -> PageState | None:
+        """The state of `address` when the dump cannot deliver it (EXCLUDED, MISSING; an address
+        in no chunk is MISSING), else None."""
+        chunk = self.chunk_at(address)
+        if chunk is None:
+            return PageState.MISSING
+        return chunk.state if chunk.state in HOLES else None
+
+    def read_zero_filled(self, address: int, size: int) -> bytes:
+        """Like read_physical, but excluded and missing bytes (and those in no chunk) read as
+        zeros, as crash's --zero_excluded does; data that is there but cannot be decoded
+        still raises."""
+        try:
+            return self.read_physical(address, size)
+        except MemoryUnavailable:
+            pass
+        parts = []
+        end = address + size
+        while address < end:
+            chunk = self.chunk_at(address)
+            stop = min(end, chunk.end) if chunk is not None else end
+            if chunk is None:
+                following = bisect_right(self._file.starts, address)
+                if following < len(self._chunks):
+                    stop = min(end, self._chunks[following].start)
+            if chunk is None or chunk.state in HOLES:
+                parts.append(bytes(stop - address))
+            else:
+                parts.append(self.read_physical(address, stop - address))
+            address = stop
+        return b"".join(parts)
 
 
 @dataclass
