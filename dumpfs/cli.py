@@ -566,9 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/etc/fuse.conf for non-root users); direct_io bypasses the page "
                         "cache (slower for tools that re-read pages); zero_excluded reads "
                         "the pages the dump lacks (excluded, missing, unmapped) in memory/ "
-                        "and proc/PID/ as zeros, listed in their `holes` files, so cp, "
-                        "rsync and tar copy every file whole; uid=, gid=, umask= set "
-                        "owner and mode")
+                        "and proc/PID/ as zeros (memory/map and proc/PID/regions/map list "
+                        "them), so cp, rsync and tar copy every file whole; uid=, gid=, "
+                        "umask= set owner and mode")
     p.add_argument("--partial", action="store_true",
                    help="mount a multi-volume dump even with volumes missing (their memory "
                         "reads as missing)")

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 FOREVER = 365 * 24 * 3600.0     # attr/entry timeout: nothing in the tree ever changes
 WORKER_THREADS = 8              # concurrent blocking reads per mount
 BLOCK_SIZE = 1 << 20            # st_blksize: preferred I/O size, one readahead request
+EXACT_BLOCK_SIZE = 4096         # st_blksize of files read whole-or-EIO: a buffered reader
+                                # (Python's open()) then asks for the page it needs, not for
+                                # a megabyte that may touch a hole
 
 # Page cache, not direct_io.  Measured (README "Performance") on the mounted `vmcore`
 # of x86_64-custom/qemu-elf.vmcore (272 MiB, ELF backend):
@@ -168,7 +171,7 @@ class Operations(pyfuse3.Operations):
         attr.entry_timeout = FOREVER
         attr.attr_timeout = FOREVER
         attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
-        attr.st_blksize = BLOCK_SIZE
+        attr.st_blksize = EXACT_BLOCK_SIZE if getattr(node, "exact_reads", False) else BLOCK_SIZE
         attr.st_blocks = 0
         if isinstance(node, Dir):
             attr.st_nlink = 2

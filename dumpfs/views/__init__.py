@@ -4,7 +4,7 @@
     info, info.json what the dump is (format, kernel, CPUs, memory), for people and programs
     vmcoreinfo      the kernel's VMCOREINFO text, when the dump has it
     cpus/<n>/       registers (`name value` lines) and notes/<TYPE> raw payloads
-    memory/         one file per contiguous physical range, `map` and `holes`
+    memory/         one file per contiguous physical range, and `map` (also of the holes)
     kernel/         log, release, symbols, sources: read from the kernel's memory
     dump.s390       the s390 stand-alone dump format, as zgetdump -f s390 writes it (for the
                     machines whose `Arch.s390_dump` says it can hold them)
@@ -32,7 +32,7 @@ def build_tree(dump: Dump, context: KernelContext | None = None, name: str = "",
     """The tree of one dump, its kernel read through `context` (None: a context without
     user-given files); nothing is computed until it is looked at.  `zero_holes`: the pages
     a memory file (memory/, proc/<pid>/mem and regions/) cannot deliver read as zeros
-    instead of failing (listed in the `holes` files either way)."""
+    instead of failing (listed in memory/map and regions/map either way)."""
     context = context if context is not None else KernelContext(dump)
 
     def children():

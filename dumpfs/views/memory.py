@@ -1,11 +1,11 @@
-"""`memory/`: one file per contiguous physical range, `memory/map` and `memory/holes`.
+"""`memory/`: one file per contiguous physical range, and `memory/map`.
 
-A range file spans adjacent chunks whatever their state.  Its holes (excluded
-and missing pages) fail with EIO, each read whole (a read touching a hole
-fails, so `dd conv=noerror,sync` keeps its offsets), or, under
-`zero_excluded`, read as zeros so that cp, rsync and tar copy the file whole.
-Either way `memory/holes` lists them, one `start-end state size` line each
-(the `memory/map` format), so the zeros are never taken for data.
+A range file spans adjacent chunks whatever their state.  Its holes (the
+excluded and missing chunks) fail with EIO, each read whole (a read touching
+a hole fails, so `dd conv=noerror,sync` keeps its offsets), or, with
+`zero_holes` (-o zero_excluded), read as zeros so that cp, rsync and tar copy
+the file whole.  Either way `memory/map` lists every chunk with its state, so
+the zeros are never taken for data.
 """
 
 from __future__ import annotations
@@ -60,28 +60,22 @@ def map_text(dump: Dump) -> str:
     return "".join(map_line(c) for c in dump.memory)
 
 
-def hole_ranges(dump: Dump) -> list[tuple[int, int, str]]:
-    """(start, end, state) of every excluded or missing run, adjacent chunks merged, in order."""
-    return sorted((start, end, state.value)
-                  for state in HOLES for start, end in dump.memory.ranges(state))
-
-
-def holes_text(dump: Dump) -> str:
-    return "".join(range_line(*hole) for hole in hole_ranges(dump))
+def hole_starts(dump: Dump) -> list[int]:
+    """Where each excluded or missing run starts, in order."""
+    return sorted(start for state in HOLES for start, _ in dump.memory.ranges(state))
 
 
 def memory_dir(dump: Dump, zero_holes: bool = False) -> Dir:
     """The range files; with holes and without `zero_holes`, each read of one is whole or EIO."""
     def children():
-        hole_starts = [start for start, _, _ in hole_ranges(dump)]
+        starts = hole_starts(dump)
         files = []
         for start, end in contiguous_ranges(dump):
-            first_hole = bisect_left(hole_starts, start)
-            has_holes = first_hole < len(hole_starts) and hole_starts[first_hole] < end
+            first_hole = bisect_left(starts, start)
+            has_holes = first_hole < len(starts) and starts[first_hole] < end
             files.append(File(range_name(start, end), end - start,
                               physical_reader(dump, start, zero_holes), inline=True,
                               exact_reads=has_holes and not zero_holes))
         files.append(File.from_bytes("map", lambda: map_text(dump).encode()))
-        files.append(File.from_bytes("holes", lambda: holes_text(dump).encode()))
         return files
     return Dir("memory", children)

@@ -8,12 +8,13 @@
                             NT_AUXV, NT_FILE, one PT_LOAD per run of pages the dump holds
                             (absent pages are in none, so gdb calls them unavailable)
     proc/<pid>/regions/<start>-<end>   one file per mapping
-    proc/<pid>/regions/holes           the pages of the mappings the dump cannot deliver:
-                            `start-end state size` lines (unmapped, excluded, missing)
+    proc/<pid>/regions/map  every run of the mappings' pages, as memory/map lists chunks:
+                            `start-end state size`, state present, unmapped, excluded
+                            or missing
 
 Holes (pages of a mapping that are unmapped, excluded or missing) read EIO from
-`mem` and `regions/`, each read whole; with `zero_holes` (the zero_excluded
-mount option) they read as zeros, listed in regions/holes.  Outside every
+`regions/` (each read whole) and `mem`; with `zero_holes` (the zero_excluded
+mount option) they read as zeros, and regions/map says where.  Outside every
 mapping `mem` always reads EIO, as /proc/PID/mem does.
     proc/<pid>/task/<tid>/  comm, status, stat of each thread
     proc/unavailable        instead of the processes, when they cannot be listed: why
@@ -169,8 +170,6 @@ class Process:
             self._runs[vma.start] = runs
         return runs
 
-    def holes(self) -> list[tuple[int, int, str]]:
-        return [run for v in self.vma_walk[0] for run in self.page_runs(v) if run[2] is not None]
 
 
 def status_text(task: Task, threads: int | None) -> bytes:
@@ -247,7 +246,7 @@ def process_dir(process: Process) -> Dir:
 def user_text_file(process: Process, name: str, start_key: str, end_key: str) -> File:
     """cmdline, environ: sized from the mm_struct's bounds, so that listing never reads the
     pages (a -d 31 dump excludes them: then only the read fails, or under zero_holes reads
-    zeros: they lie in the stack mapping, whose holes regions/holes lists)."""
+    zeros: they lie in the stack mapping, whose holes regions/map lists)."""
     def bounds() -> tuple[int, int]:
         try:
             start, end = process.mm[start_key], process.mm[end_key]
@@ -267,8 +266,28 @@ def user_reader(process: Process, base: int = 0):
 
 
 def mem_file(process: Process) -> File:
-    """Size 0 like /proc/PID/mem: a copy of proc/PID/ must not walk 128 TiB of address space."""
-    return File("mem", 0, user_reader(process), unsized=True)
+    """Size 0 like /proc/PID/mem: a copy of proc/PID/ must not walk 128 TiB of address space.
+    Reads answer as /proc/PID/mem does: up to the first page that cannot be read, EIO when
+    that is the first one (buffered readers read past what they were asked for)."""
+    read = user_reader(process)
+    page = process.procs.dump.page_size
+
+    def read_prefix(offset: int, length: int) -> bytes:
+        try:
+            return read(offset, length)
+        except OSError:
+            first = min(length, page - offset % page)
+            parts = [read(offset, first)]           # the first page: its error is the answer
+            position, end = offset + first, offset + length
+            try:
+                while position < end:
+                    step = min(page, end - position)
+                    parts.append(read(position, step))
+                    position += step
+            except OSError:
+                pass
+            return b"".join(parts)
+    return File("mem", 0, read_prefix, unsized=True)
 
 
 def region_files(process: Process) -> list:
@@ -280,8 +299,9 @@ def region_files(process: Process) -> list:
     files = [File(f"{v.start:08x}-{v.end:08x}", v.end - v.start, user_reader(process, v.start),
                   exact_reads=exact)
              for v in vmas]
-    return files + [computed("holes", lambda: "".join(
-        range_line(*hole) for hole in process.holes()).encode())]
+    return files + [computed("map", lambda: "".join(
+        range_line(start, end, hole or "present")
+        for v in process.vma_walk[0] for start, end, hole in process.page_runs(v)).encode())]
 
 
 # ---------------------------------------------------------------------------
