@@ -11,13 +11,13 @@
     proc/<pid>/regions/map  every run of the mappings' pages, as memory/map lists chunks:
                             `start-end state size`, state present, unmapped, excluded
                             or missing
+    proc/<pid>/task/<tid>/  comm, status, stat of each thread
+    proc/unavailable        instead of the processes, when they cannot be listed: why
 
 Holes (pages of a mapping that are unmapped, excluded or missing) read EIO from
 `regions/` (each read whole) and `mem`; with `zero_holes` (the zero_excluded
 mount option) they read as zeros, and regions/map says where.  Outside every
 mapping `mem` always reads EIO, as /proc/PID/mem does.
-    proc/<pid>/task/<tid>/  comm, status, stat of each thread
-    proc/unavailable        instead of the processes, when they cannot be listed: why
 
 Kernel threads have no memory files.  Nothing is read before it is listed:
 proc/ walks the task list on first listing, a process's folder reads its
@@ -27,9 +27,9 @@ mm_struct and VMAs on first use.
 from __future__ import annotations
 
 import errno
-from bisect import bisect_right
 import struct
 import threading
+from bisect import bisect_right
 from functools import cached_property
 
 from dumpfs.arch import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
@@ -87,10 +87,6 @@ class Process:
         if problem:
             raise WalkError(f"pid {self.task.pid}: {problem}")
         return vmas
-
-    @property
-    def task_size(self) -> int:
-        return self.procs.mm_walker.task_size(self.mm)
 
     # -- /proc-style texts ----------------------------------------------------
     def user_range(self, start_key: str, end_key: str) -> bytes:
@@ -169,7 +165,6 @@ class Process:
         with self._lock:
             self._runs[vma.start] = runs
         return runs
-
 
 
 def status_text(task: Task, threads: int | None) -> bytes:
