@@ -405,3 +405,41 @@ def test_a_cut_dump_counts_what_it_cannot_deliver_as_missing(tmp_path, name):
         assert failing == missing
     finally:
         dump.close()
+
+
+# ---------------------------------------------------------------------------
+# a mapping's holes are found without visiting every page of a huge empty range
+# ---------------------------------------------------------------------------
+
+def test_regions_map_skips_what_upper_level_entries_leave_unmapped():
+    """A 1 TiB reservation with one page behind it: runs come from a handful of table walks."""
+    from types import SimpleNamespace
+
+    from conftest import time_limit
+    from dumpfs.arch.x86_64_paging import X86_64Paging
+    from dumpfs.errors import TranslationError
+    from dumpfs.kernel.address_space import KernelMemory, TableCache
+    from dumpfs.kernel.mm import Vma
+    from dumpfs.views.proc import Process
+    from synthetic import synthetic_dump
+
+    base = 0x7F00_0000_0000                 # PGD slot 254; the next slot (255) holds one page
+    page_at = base + (1 << 39) + 0x3000
+    tables = {0x1000: {(page_at >> 39) & 511: 0x2000}, 0x2000: {0: 0x3000}, 0x3000: {0: 0x4000},
+              0x4000: {3: 0x5000}}
+    memory = {address: b"".join((entries.get(i, 0) | (1 if i in entries else 0)).to_bytes(8, "little")
+                                for i in range(512))
+              for address, entries in tables.items()}
+    memory[0x5000] = b"x" * PAGE
+    dump = synthetic_dump(memory=memory)
+    process = Process(SimpleNamespace(dump=dump), task=None)
+    process.__dict__["umem"] = KernelMemory(dump, X86_64Paging(TableCache(dump), 0x1000))
+    with pytest.raises(TranslationError) as caught:
+        process.umem.translate(base)
+    assert caught.value.unmapped_until == base + (1 << 39)
+    vma = Vma(base, base + (2 << 39), 3, 0)
+    with time_limit(10):
+        runs = process.page_runs(vma)
+    assert runs == [(base, page_at, "unmapped"), (page_at, page_at + PAGE, None),
+                    (page_at + PAGE, vma.end, "unmapped")]
+    assert process.umem.read(page_at, 4) == b"xxxx"

@@ -35,7 +35,7 @@ from functools import cached_property
 from dumpfs.arch import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
 from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_headers, core_headers_size
 from dumpfs.elfnote import build_note
-from dumpfs.errors import KernelUnavailable, MemoryUnavailable, WalkError
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable, TranslationError, WalkError
 from dumpfs.kernel.context import KernelContext
 from dumpfs.kernel.mm import MAX_ARGS, MmWalker
 from dumpfs.kernel.tasks import Task
@@ -139,28 +139,38 @@ class Process:
     def page_hole(self, address: int) -> str | None:
         """Why the dump cannot deliver the page at `address` (unmapped, excluded, missing),
         or None when it holds it."""
+        return self._page_hole(address)[0]
+
+    def _page_hole(self, address: int) -> tuple[str | None, int]:
+        """(page_hole, the address up to which that answer holds): an invalid upper-level
+        table entry answers "unmapped" for its whole span at once."""
+        page = self.umem.page_size
         try:
             physical = self.umem.translate(address)
+        except TranslationError as exc:
+            return "unmapped", max(exc.unmapped_until or 0, address - address % page + page)
         except MemoryUnavailable:
-            return "unmapped"
+            return "unmapped", address - address % page + page
         state = self.procs.dump.memory.hole_at(physical)
-        return None if state is None else state.value
+        return (None if state is None else state.value), address - address % page + page
 
     def page_runs(self, vma) -> list[tuple[int, int, str | None]]:
         """(start, end, hole) runs of one mapping's pages (hole None: the dump holds them),
-        found once by translating every page."""
+        found once by translating every page (skipping what upper-level entries leave out)."""
         with self._lock:
             runs = self._runs.get(vma.start)
             if runs is not None:
                 return runs
-        page = self.umem.page_size
         runs = []
-        for address in range(vma.start, vma.end, page):
-            hole = self.page_hole(address)
+        address = vma.start
+        while address < vma.end:
+            hole, following = self._page_hole(address)
+            following = min(following, vma.end)
             if runs and runs[-1][2] == hole:
-                runs[-1][1] = address + page
+                runs[-1][1] = following
             else:
-                runs.append([address, address + page, hole])
+                runs.append([address, following, hole])
+            address = following
         runs = [tuple(run) for run in runs]
         with self._lock:
             self._runs[vma.start] = runs
