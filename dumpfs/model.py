@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
-from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 from dumpfs.arch import Arch
-from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity
+from dumpfs.errors import DumpError
+from dumpfs.errors import Problem, Severity
 from dumpfs.extents import ExtentFile, Unreadable
 
 
@@ -67,6 +67,7 @@ _UNREADABLE = {
 NOT_IN_DUMP = Unreadable("not in the dump")
 HOLES = (PageState.EXCLUDED, PageState.MISSING)
 """States of the pages a dump cannot deliver: the holes of the files that show memory."""
+GAP_STEP = 4096     # read_zero_filled's step through addresses in no chunk (the smallest page)
 ADDRESS_SPACE = 1 << 64
 
 
@@ -201,19 +202,14 @@ class Memory:
         """Like read_physical, but excluded and missing bytes (and those in no chunk) read as
         zeros, as crash's --zero_excluded does; data that is there but cannot be decoded
         still raises."""
-        try:
-            return self.read_physical(address, size)
-        except MemoryUnavailable:
-            pass
         parts = []
         end = address + size
         while address < end:
             chunk = self.chunk_at(address)
-            stop = min(end, chunk.end) if chunk is not None else end
-            if chunk is None:
-                following = bisect_right(self._file.starts, address)
-                if following < len(self._chunks):
-                    stop = min(end, self._chunks[following].start)
+            if chunk is None:               # in no chunk: zeros up to the next 4 KiB boundary
+                stop = min(end, address - address % GAP_STEP + GAP_STEP)
+            else:
+                stop = min(end, chunk.end)
             if chunk is None or chunk.state in HOLES:
                 parts.append(bytes(stop - address))
             else:
