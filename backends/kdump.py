@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
+from dumpfs.extents import join
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
@@ -37,6 +39,7 @@ PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
+MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
 MAX_TRUNCATION_PROBES = 16      # descriptor reads spent looking for the last non-zero page
 MAX_SHARED_ZERO_PAGES = 16      # data offsets remembered as "the shared zero page"
 
@@ -416,6 +419,8 @@ class KdumpPages:
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
         self.cache = PageCache()
+        # descriptors in the machine's byte order can be checked a whole batch at once
+        self.native_table = layout.byteorder == sys.byteorder and layout.page_desc.size == 24
         self.zero_page = bytes(block_size)
         self.zero_offsets: set[int] = set()     # data offsets of raw zero pages (the shared one)
         marked_incomplete = meta.details["status"] & DUMP_DH_COMPRESSED_INCOMPLETE
@@ -512,6 +517,11 @@ class KdumpPages:
         shift = self.page_shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        if self.native_table and last - first < MAX_RAW_RUN:
+            data = self._raw_run(run_descriptor + first, last + 1 - first)
+            if data is not None:
+                skip = offset - (first << shift)
+                return data if skip == 0 and len(data) == length else data[skip:skip + length]
         pages: list[bytes] = []
         page = first
         while page <= last:
@@ -523,6 +533,54 @@ class KdumpPages:
         if skip == 0 and len(data) == length:
             return data
         return data[skip:skip + length]
+
+    def _raw_run(self, descriptor: int, count: int):
+        """The data of `count` pages from `descriptor` on if all are stored raw (makedumpfile
+        without compression): one pread per stretch stored back to back, the shared zero
+        page from memory, no per-page decode and no page cache of ours (the source's is
+        one).  None: compressed or odd pages, for the page path and its checks."""
+        size = count * PAGE_DESC_SIZE
+        table = self.source.read(self.table_start + descriptor * PAGE_DESC_SIZE, size)
+        if len(table) != size:
+            return None
+        words = memoryview(table).cast("Q")     # offset, size | flags << 32, page_flags
+        block_size = self.block_size
+        if words[1::3].tolist() != [block_size] * count:
+            return None
+        offsets = words[0::3].tolist()
+        start = offsets[0]
+        end = start + count * block_size
+        read, file_size = self.source.read, self.source.size
+        if offsets == list(range(start, end, block_size)):      # the common case: one stretch
+            if end > file_size:
+                return None
+            data = read(start, end - start)
+            return data if len(data) == end - start else None
+        zero_offsets, zero_page = self.zero_offsets, self.zero_page
+        stored = [offset for offset in offsets if offset not in zero_offsets]
+        if not stored:
+            return zero_page * count
+        first = stored[0]
+        end = first + len(stored) * block_size
+        if stored != list(range(first, end, block_size)) or end > file_size:
+            return None             # zero pages not known yet, or pages out of order
+        blob = memoryview(read(first, end - first))
+        if len(blob) != end - first:
+            return None
+        parts = []                  # stretches of the blob between shared zero pages
+        i = low = 0
+        while i < count:
+            if offsets[i] in zero_offsets:
+                parts.append(zero_page)
+                i += 1
+                continue
+            j = i + 1
+            while j < count and offsets[j] == offsets[j - 1] + block_size:
+                j += 1
+            high = low + (j - i) * block_size
+            parts.append(blob[low:high])
+            low, i = high, j
+        return join(parts)
 
     def _pages(self, pfn: int, descriptor: int, count: int) -> list[bytes]:
         """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`."""

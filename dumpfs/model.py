@@ -7,7 +7,6 @@ metadata.  Nothing here knows which file format the dump came from.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import threading
 from collections import OrderedDict
@@ -18,38 +17,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
 from dumpfs.extents import ExtentFile, Unreadable
+from dumpfs.waiting import WouldBlock, may_wait, waiting_forbidden, without_waiting  # noqa: F401
 
 if TYPE_CHECKING:
     from dumpfs.arch import Arch      # the arch modules build on Note: no import cycle at run time
-
-
-class WouldBlock(Exception):
-    """A read made `without_waiting()` would have had to wait for the disk or a decompression."""
-
-
-_no_waiting = threading.local()
-
-
-@contextlib.contextmanager
-def without_waiting():
-    """Reads inside may not block: data not in the page cache, or still to be decompressed,
-    raises WouldBlock.  The FUSE layer serves such reads on its event loop and hands the
-    rest to worker threads, which spares the thread hop for the common, cached case."""
-    _no_waiting.active = True
-    try:
-        yield
-    finally:
-        _no_waiting.active = False
-
-
-def waiting_forbidden() -> bool:
-    return getattr(_no_waiting, "active", False)
-
-
-def may_wait(what: str) -> None:
-    """Backends call this before work that takes long (decompression, waiting on a lock)."""
-    if getattr(_no_waiting, "active", False):
-        raise WouldBlock(what)
 
 
 class PageState(enum.Enum):
