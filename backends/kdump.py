@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import struct
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import join
+from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
@@ -38,6 +40,7 @@ MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a b
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
+PAGES_PER_BATCH = MAX_PAGES_PER_BATCH   # descriptors per read-ahead unit (and decode-once claim)
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
 MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
 MAX_TRUNCATION_PROBES = 16      # descriptor reads spent looking for the last non-zero page
@@ -291,7 +294,7 @@ def open(source: Source) -> Dump:
     pages = KdumpPages(source, layout, block_size, bitmap1, bitmap2, table_start,
                        first_pfn, end_pfn, meta)
     return Dump(arch=arch, page_size=block_size, memory=Memory(pages.chunks), cpus=cpus,
-                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
+                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes, resources=[pages])
 
 
 def _choose_arch(name: str, layout: Layout, machine: str):
@@ -418,7 +421,12 @@ class KdumpPages:
         self.table_start = table_start
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
-        self.cache = PageCache()
+        self.cache = PageCache()        # decoded pages, for random readers
+        self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
+        self.batches: PageCache | None = None   # batch -> its pages decoded ahead, back to back
+        self.dumpable = 0
+        self._claims: dict[int, threading.Event] = {}   # batches being decoded (decode once)
+        self._claims_lock = threading.Lock()
         # descriptors in the machine's byte order can be checked a whole batch at once
         self.native_table = layout.byteorder == sys.byteorder and layout.page_desc.size == 24
         self.zero_page = bytes(block_size)
@@ -457,7 +465,18 @@ class KdumpPages:
                           f"of the file; those pages are unreadable")
         elif descriptor:
             self._check_last_page(descriptor - 1)
+        self.dumpable = descriptor
+        if self.meta.compression is not None and descriptor:
+            window = max(2, READ_AHEAD_BYTES // (PAGES_PER_BATCH * self.block_size))
+            self.batches = PageCache(2 * window)
+            self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
+                                        -(-descriptor // PAGES_PER_BATCH), "kdump")
         return chunks
+
+    def close(self) -> None:
+        """Stop the read-ahead threads; closing the dump does."""
+        if self.read_ahead is not None:
+            self.read_ahead.close()
 
     def _scan_bitmaps(self):
         """Runs of present and of excluded pfns, read in pieces so huge bitmaps never sit in memory."""
@@ -517,6 +536,12 @@ class KdumpPages:
         shift = self.page_shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        if self.read_ahead is not None:
+            self.read_ahead.note(run_descriptor + first, run_descriptor + last + 1)
+            data = self._from_batches(run_descriptor + first, run_descriptor + last + 1)
+            if data is not None:
+                skip = offset - (first << shift)
+                return data if skip == 0 and len(data) == length else data[skip:skip + length]
         if self.native_table and last - first < MAX_RAW_RUN:
             data = self._raw_run(run_descriptor + first, last + 1 - first)
             if data is not None:
@@ -582,13 +607,144 @@ class KdumpPages:
             low, i = high, j
         return join(parts)
 
-    def _pages(self, pfn: int, descriptor: int, count: int) -> list[bytes]:
-        """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`."""
+    # decoding ahead of sequential readers, a batch of PAGES_PER_BATCH descriptors at a time
+
+    def _from_batches(self, start: int, end: int):
+        """The pages of descriptors [start, end) if read-ahead decoded (or is decoding) all of
+        their batches, else None: then the page path serves them."""
+        batches, claims, size = self.batches, self._claims, self.block_size
+        parts = []
+        descriptor = start
+        while descriptor < end:
+            batch = descriptor // PAGES_PER_BATCH
+            data = batches.get(batch)
+            if data is None:
+                claim = claims.get(batch)
+                if claim is None:
+                    return None
+                may_wait("waiting for kdump pages being decoded ahead")
+                claim.wait()
+                data = batches.get(batch)
+                if data is None:
+                    return None
+            stop = min(end, (batch + 1) * PAGES_PER_BATCH)
+            base = batch * PAGES_PER_BATCH
+            parts.append(memoryview(data)[(descriptor - base) * size:(stop - base) * size])
+            descriptor = stop
+        return join(parts)
+
+    def _fetch(self, batch: int) -> None:
+        """Decode a whole batch ahead of a reader (a worker of `read_ahead`), once."""
+        if self.batches.get(batch) is not None:
+            return
+        with self._claims_lock:
+            if batch in self._claims:
+                return              # a reader or another worker is decoding it
+            claim = self._claims[batch] = threading.Event()
+        try:
+            data = self._decode_batch(batch)
+            if data is not None:
+                self.batches.put(batch, data)
+        finally:
+            with self._claims_lock:
+                del self._claims[batch]
+            claim.set()
+
+    def _decode_batch(self, batch: int) -> bytearray | None:
+        """The pages of one batch back to back; None if anything is odd (a corrupt page, data
+        far apart): the page path then reports it, page by page."""
+        first = batch * PAGES_PER_BATCH
+        count = min(PAGES_PER_BATCH, self.dumpable - first)
+        size = count * PAGE_DESC_SIZE
+        table = self.source.read(self.table_start + first * PAGE_DESC_SIZE, size)
+        if len(table) != size:
+            return None
+        if self.native_table:
+            words = memoryview(table).cast("Q")
+            offsets, sizes_flags = words[0::3].tolist(), words[1::3].tolist()
+        else:
+            descriptors = list(self.page_desc.iter_unpack(table))
+            offsets = [d[0] for d in descriptors]
+            sizes_flags = [d[1] | d[2] << 32 for d in descriptors]
+        block_size, zero_offsets = self.block_size, self.zero_offsets
+        stored = [k for k in range(count) if offsets[k] not in zero_offsets]
+        out = bytearray(count * block_size)
+        if not stored:
+            return out
+        low = min(offsets[k] for k in stored)
+        high = max(offsets[k] + (sizes_flags[k] & 0xFFFFFFFF) for k in stored)
+        if low < 0 or high > self.source.size or high - low > 2 * MAX_COALESCED_READ:
+            return None
+        blob = memoryview(self.source.read(low, high - low))
+        if len(blob) != high - low:
+            return None
+        decompress, zero_page = zlib.decompress, self.zero_page
+        for k in stored:
+            at = offsets[k] - low
+            length = sizes_flags[k] & 0xFFFFFFFF
+            flags = sizes_flags[k] >> 32
+            raw = blob[at:at + length]
+            if flags == DUMP_DH_COMPRESSED_ZLIB:
+                try:
+                    page = decompress(raw, 15, block_size)
+                except zlib.error:
+                    return None
+            elif flags == 0 and length == block_size:
+                if raw == zero_page:
+                    if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
+                        zero_offsets.add(offsets[k])
+                    continue
+                page = raw
+            else:
+                try:
+                    page = self._decode(raw, flags, 0)
+                except MemoryUnavailable:
+                    return None
+            if len(page) != block_size:
+                return None
+            out[k * block_size:(k + 1) * block_size] = page
+        return out
+
+    def _pages(self, pfn: int, descriptor: int, count: int, wait: bool = True) -> list[bytes] | None:
+        """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`.
+
+        Decoded once: the batches being decoded are claimed, and a reader needing pages of
+        a claimed batch waits for it (`wait=False`: returns None instead)."""
         cache = self.cache
         pages = [cache.get(pfn + i) for i in range(count)]
         missing = [i for i, page in enumerate(pages) if page is None]
         if not missing:
             return pages
+        batches = range((descriptor + missing[0]) // PAGES_PER_BATCH,
+                        (descriptor + missing[-1]) // PAGES_PER_BATCH + 1)
+        claims = self._claims
+        while True:
+            with self._claims_lock:
+                busy = next((claims[b] for b in batches if b in claims), None)
+                if busy is None:
+                    claim = threading.Event()
+                    for b in batches:
+                        claims[b] = claim
+                    break
+            if not wait:
+                return None
+            may_wait("waiting for kdump pages being decoded")
+            busy.wait()
+            pages = [cache.get(pfn + i) for i in range(count)]
+            missing = [i for i, page in enumerate(pages) if page is None]
+            if not missing:
+                return pages
+        try:
+            return self._decode_pages(pfn, descriptor, pages, missing)
+        finally:
+            with self._claims_lock:
+                for b in batches:
+                    del claims[b]
+            claim.set()
+
+    def _decode_pages(self, pfn: int, descriptor: int, pages: list, missing: list[int]) -> list[bytes]:
+        """Fill in `pages[i]` for each i in `missing` from the file (and the cache)."""
+        cache = self.cache
         low, high = missing[0], missing[-1] + 1
         table_offset = self.table_start + (descriptor + low) * PAGE_DESC_SIZE
         table = self.source.read(table_offset, (high - low) * PAGE_DESC_SIZE)
