@@ -216,6 +216,22 @@ class ExtentFile:
         return last
 
 
+def coalesce(extents: Sequence[tuple[int, int, Fill]]) -> list[tuple[int, int, Fill]]:
+    """Sorted extents with each run of source ranges that continue each other both in the
+    file and in one source merged into one extent: a QEMU paging=true dump has a PT_LOAD
+    per page, which would otherwise cost a read per page of every request."""
+    merged: list[tuple[int, int, Fill]] = []
+    for offset, length, fill in extents:
+        if merged and isinstance(fill, SourceRange):
+            last_offset, last_length, last_fill = merged[-1]
+            if isinstance(last_fill, SourceRange) and last_offset + last_length == offset \
+                    and last_fill.read == fill.read and last_fill.start + last_length == fill.start:
+                merged[-1] = (last_offset, last_length + length, last_fill)
+                continue
+        merged.append((offset, length, fill))
+    return merged
+
+
 def cut(extent: Extent, low: int, high: int) -> Extent:
     """The part [low, high) of `extent`, with its fill moved to match."""
     skip = low - extent.offset

@@ -8,6 +8,7 @@ metadata.  Nothing here knows which file format the dump came from.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
-from dumpfs.extents import ExtentFile, Unreadable
+from dumpfs.extents import ExtentFile, Unreadable, coalesce
 from dumpfs.waiting import WouldBlock, may_wait, waiting_forbidden, without_waiting  # noqa: F401
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class Memory:
     def __init__(self, chunks: Iterable[MemoryChunk] | Callable[[], Iterable[MemoryChunk]]):
         self._factory = chunks if callable(chunks) else None
         self._chunks: list[MemoryChunk] = []
+        self._starts: list[int] = []
         self._file: ExtentFile | None = None      # set last: other threads read without the lock
         self._lock = threading.Lock()
         if self._factory is None:
@@ -112,7 +114,8 @@ class Memory:
                     f"memory ranges overlap: {before.start:#x}-{before.end:#x} and "
                     f"{after.start:#x}-{after.end:#x}")
         self._chunks = [c for c in chunks if c.size > 0]
-        self._file = ExtentFile([(c.start, c.size, c.fill) for c in self._chunks],
+        self._starts = [c.start for c in self._chunks]
+        self._file = ExtentFile(coalesce([(c.start, c.size, c.fill) for c in self._chunks]),
                                 size=ADDRESS_SPACE, gap=NOT_IN_DUMP)
         return self._file
 
@@ -153,8 +156,11 @@ class Memory:
         return [(start, end) for start, end in ranges]
 
     def chunk_at(self, address: int) -> MemoryChunk | None:
-        i = self._layout().extent_index(address)
-        return None if i is None else self._chunks[i]
+        self._layout()
+        i = bisect_right(self._starts, address) - 1
+        if i >= 0 and address < self._chunks[i].end:
+            return self._chunks[i]
+        return None
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""

@@ -24,7 +24,7 @@ from dumpfs.elf import (EHDR_SIZE, ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
-from dumpfs.extents import Extent, ExtentFile
+from dumpfs.extents import Extent, ExtentFile, coalesce
 from dumpfs.views.extents import lazy_extent_file
 
 
@@ -127,7 +127,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
         header += struct.pack(prefix + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
     extents.append(Extent(0, len(header), header))
     extents.append(Extent(notes_offset, len(notes), notes))
-    return ExtentFile(extents, size=max(position, data_offset))
+    return ExtentFile(coalesce(sorted(extents, key=lambda e: e[0])), size=max(position, data_offset))
 
 
 def vmcore_file(dump: Dump, name: str = "vmcore") -> File:
