@@ -15,6 +15,8 @@ import re
 import struct
 import sys
 import threading
+from array import array
+from bisect import bisect_right
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +26,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
-from dumpfs.extents import join
+from dumpfs.extents import SourceRange, join
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
@@ -425,6 +427,8 @@ class KdumpPages:
         self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
         self.batches: PageCache | None = None   # batch -> its pages decoded ahead, back to back
         self.dumpable = 0
+        self._run_pfns = array("q")             # each present run: its first pfn and descriptor
+        self._run_descriptors = array("q")
         self._claims: dict[int, threading.Event] = {}   # batches being decoded (decode once)
         self._claims_lock = threading.Lock()
         # descriptors in the machine's byte order can be checked a whole batch at once
@@ -450,7 +454,9 @@ class KdumpPages:
             have = min(end - start, max(0, usable - descriptor))
             if have:
                 chunks.append(MemoryChunk(start << shift, have << shift, PageState.PRESENT,
-                                          self._reader(start, descriptor)))
+                                          self._reader(descriptor)))
+                self._run_pfns.append(start)
+                self._run_descriptors.append(descriptor)
             if have < end - start:
                 # descriptors past the end of the file: unknown content, as in a cut ELF
                 chunks.append(MemoryChunk((start + have) << shift, (end - start - have) << shift,
@@ -466,7 +472,7 @@ class KdumpPages:
         elif descriptor:
             self._check_last_page(descriptor - 1)
         self.dumpable = descriptor
-        if self.meta.compression is not None and descriptor:
+        if self.meta.compression not in (None, "none") and descriptor:
             window = max(2, READ_AHEAD_BYTES // (PAGES_PER_BATCH * self.block_size))
             self.batches = PageCache(2 * window)
             self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
@@ -524,37 +530,41 @@ class KdumpPages:
 
     # reading
 
-    def _reader(self, run_pfn: int, run_descriptor: int):
-        def read(offset: int, length: int) -> bytes:
-            return self.read(run_pfn, run_descriptor, offset, length)
-        return read
+    def _reader(self, run_descriptor: int) -> SourceRange:
+        """A present run's bytes are a range of the descriptor space: runs that follow each
+        other there (split only by excluded pages) are read as one (`extents.coalesce`)."""
+        return SourceRange(self.read, run_descriptor << self.page_shift)
 
-    def read(self, run_pfn: int, run_descriptor: int, offset: int, length: int) -> bytes:
-        """Bytes at `offset` of the present run that starts at `run_pfn` with `run_descriptor`."""
+    def _address(self, descriptor: int) -> int:
+        """The physical address of the page with this descriptor (for error messages)."""
+        i = bisect_right(self._run_descriptors, descriptor) - 1
+        return (self._run_pfns[i] + descriptor - self._run_descriptors[i]) << self.page_shift
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes at `offset` of the descriptor space: the pages of descriptors 0, 1, ... back to
+        back (what the pages of the present runs are, in pfn order)."""
         if length <= 0:
             return b""
         shift = self.page_shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        skip = offset - (first << shift)
         if self.read_ahead is not None:
-            self.read_ahead.note(run_descriptor + first, run_descriptor + last + 1)
-            data = self._from_batches(run_descriptor + first, run_descriptor + last + 1)
+            self.read_ahead.note(first, last + 1)
+            data = self._from_batches(first, last + 1)
             if data is not None:
-                skip = offset - (first << shift)
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
         if self.native_table and last - first < MAX_RAW_RUN:
-            data = self._raw_run(run_descriptor + first, last + 1 - first)
+            data = self._raw_run(first, last + 1 - first)
             if data is not None:
-                skip = offset - (first << shift)
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
         pages: list[bytes] = []
         page = first
         while page <= last:
             count = min(last + 1 - page, MAX_PAGES_PER_BATCH)
-            pages.extend(self._pages(run_pfn + page, run_descriptor + page, count))
+            pages.extend(self._pages(page, count))
             page += count
         data = b"".join(pages) if len(pages) > 1 else pages[0]
-        skip = offset - (first << shift)
         if skip == 0 and len(data) == length:
             return data
         return data[skip:skip + length]
@@ -705,13 +715,13 @@ class KdumpPages:
             out[k * block_size:(k + 1) * block_size] = page
         return out
 
-    def _pages(self, pfn: int, descriptor: int, count: int, wait: bool = True) -> list[bytes] | None:
-        """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`.
+    def _pages(self, descriptor: int, count: int, wait: bool = True) -> list[bytes] | None:
+        """The decoded pages of `count` descriptors from `descriptor` on (cached by descriptor).
 
         Decoded once: the batches being decoded are claimed, and a reader needing pages of
         a claimed batch waits for it (`wait=False`: returns None instead)."""
         cache = self.cache
-        pages = [cache.get(pfn + i) for i in range(count)]
+        pages = [cache.get(descriptor + i) for i in range(count)]
         missing = [i for i, page in enumerate(pages) if page is None]
         if not missing:
             return pages
@@ -730,19 +740,19 @@ class KdumpPages:
                 return None
             may_wait("waiting for kdump pages being decoded")
             busy.wait()
-            pages = [cache.get(pfn + i) for i in range(count)]
+            pages = [cache.get(descriptor + i) for i in range(count)]
             missing = [i for i, page in enumerate(pages) if page is None]
             if not missing:
                 return pages
         try:
-            return self._decode_pages(pfn, descriptor, pages, missing)
+            return self._decode_pages(descriptor, pages, missing)
         finally:
             with self._claims_lock:
                 for b in batches:
                     del claims[b]
             claim.set()
 
-    def _decode_pages(self, pfn: int, descriptor: int, pages: list, missing: list[int]) -> list[bytes]:
+    def _decode_pages(self, descriptor: int, pages: list, missing: list[int]) -> list[bytes]:
         """Fill in `pages[i]` for each i in `missing` from the file (and the cache)."""
         cache = self.cache
         low, high = missing[0], missing[-1] + 1
@@ -756,19 +766,19 @@ class KdumpPages:
         group = None
         for i in missing:
             if i - low >= len(descriptors):
-                raise MemoryUnavailable((pfn + i) << self.page_shift, "page descriptor past the end "
+                raise MemoryUnavailable(self._address(descriptor + i), "page descriptor past the end "
                                         "of the file" + self.incomplete_note)
             data_offset, size, flags, _ = descriptors[i - low]
             if data_offset in zero_offsets:
                 pages[i] = self.zero_page
-                cache.put(pfn + i, self.zero_page)
+                cache.put(descriptor + i, self.zero_page)
                 continue
             if data_offset < 0 or size == 0 or size > block_size:
-                raise MemoryUnavailable((pfn + i) << self.page_shift, f"corrupt page data: "
+                raise MemoryUnavailable(self._address(descriptor + i), f"corrupt page data: "
                                         f"descriptor says {size} bytes at {data_offset:#x} "
                                         f"(block size {block_size})")
             if data_offset + size > file_size:
-                raise MemoryUnavailable((pfn + i) << self.page_shift, f"page data at "
+                raise MemoryUnavailable(self._address(descriptor + i), f"page data at "
                                         f"{data_offset:#x} lies past the end of the file"
                                         + self.incomplete_note)
             if group and group[0] + group[1] == data_offset and group[1] + size <= MAX_COALESCED_READ:
@@ -787,7 +797,7 @@ class KdumpPages:
             for i, size, flags in members:
                 raw = blob[position:position + size]
                 if len(raw) < size:
-                    raise MemoryUnavailable((pfn + i) << self.page_shift, "page data past the end "
+                    raise MemoryUnavailable(self._address(descriptor + i), "page data past the end "
                                             "of the file" + self.incomplete_note)
                 page = None
                 if flags == DUMP_DH_COMPRESSED_ZLIB:     # the common case, without the dispatch
@@ -798,14 +808,14 @@ class KdumpPages:
                     if page is None or len(page) != block_size:
                         page = None
                 if page is None:
-                    page = self._decode(raw, flags, (pfn + i) << self.page_shift)
+                    page = self._decode(raw, flags, self._address(descriptor + i))
                 if flags == 0 and page == self.zero_page:
                     page = self.zero_page
                     if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
                         zero_offsets.add(data_offset + position)
                 position += size
                 pages[i] = page
-                cache.put(pfn + i, page)
+                cache.put(descriptor + i, page)
         return pages
 
     def _decode(self, raw: memoryview, flags: int, address: int) -> bytes:

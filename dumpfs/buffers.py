@@ -17,9 +17,11 @@ import sys
 import threading
 from typing import Sequence
 
-POOL_SIZE = 4                   # buffers per thread; busy beyond that: a new one each time
+POOL_SIZE = 16                  # buffers per thread (a request over many extents holds one per piece)
 MIN_BUFFER = 1 << 20            # one FUSE request: small reads do not fill the pool with small buffers
 _pools = threading.local()
+# faulted in at once: the first requests of a mount do not pay a page fault per page
+MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
 
 # a pooled buffer's references when nobody holds a view: the pool list, the loop
 # variable, getrefcount's argument
@@ -34,7 +36,7 @@ def scratch(size: int) -> memoryview:
     for buffer in pool:
         if len(buffer) >= size and sys.getrefcount(buffer) == _IDLE_REFERENCES:
             return memoryview(buffer)[:size]
-    buffer = mmap.mmap(-1, max(size, MIN_BUFFER))
+    buffer = mmap.mmap(-1, max(size, MIN_BUFFER), flags=MAP_FLAGS)
     if len(pool) < POOL_SIZE:
         pool.append(buffer)
     else:
