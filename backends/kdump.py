@@ -42,7 +42,8 @@ MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a b
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
-PAGES_PER_BATCH = MAX_PAGES_PER_BATCH   # descriptors per read-ahead unit (and decode-once claim)
+PAGES_PER_BATCH = 64            # descriptors per read-ahead unit (and decode-once claim)
+STREAM_TRIGGER = 2 * MAX_PAGES_PER_BATCH    # descriptors read in a row before decoding ahead
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
 MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
 MAX_TRUNCATION_PROBES = 16      # descriptor reads spent looking for the last non-zero page
@@ -476,7 +477,8 @@ class KdumpPages:
             window = max(2, READ_AHEAD_BYTES // (PAGES_PER_BATCH * self.block_size))
             self.batches = PageCache(2 * window)
             self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
-                                        -(-descriptor // PAGES_PER_BATCH), "kdump")
+                                        -(-descriptor // PAGES_PER_BATCH), "kdump",
+                                        trigger=STREAM_TRIGGER)
         return chunks
 
     def close(self) -> None:
@@ -552,6 +554,8 @@ class KdumpPages:
         if self.read_ahead is not None:
             self.read_ahead.note(first, last + 1)
             data = self._from_batches(first, last + 1)
+            if data is None and last + 1 - first >= 2 * PAGES_PER_BATCH:
+                data = self._decode_in_parallel(first, last)
             if data is not None:
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
         if self.native_table and last - first < MAX_RAW_RUN:
@@ -642,6 +646,16 @@ class KdumpPages:
             parts.append(memoryview(data)[(descriptor - base) * size:(stop - base) * size])
             descriptor = stop
         return join(parts)
+
+    def _decode_in_parallel(self, first: int, last: int):
+        """A large read (several batches; small, random ones never come here): the workers
+        and this thread decode its batches together."""
+        may_wait("decompressing kdump pages")
+        low, high = first // PAGES_PER_BATCH, last // PAGES_PER_BATCH
+        self.read_ahead.fetch_now(low + 1, high)
+        for batch in range(low, high + 1):
+            self._fetch(batch)
+        return self._from_batches(first, last + 1)
 
     def _fetch(self, batch: int) -> None:
         """Decode a whole batch ahead of a reader (a worker of `read_ahead`), once."""

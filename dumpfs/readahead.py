@@ -57,11 +57,11 @@ class ReadAhead:
             if (start, end) == self._last or self._closed:
                 return          # the same request again (retried in a worker thread)
             self._last = (start, end)
-            slack = self.unit
-            if not self._frontier - slack <= start <= self._frontier + slack:
+            slack = max(self.unit, self.trigger // 2)     # FUSE requests may overtake each other
+            if self._frontier - slack <= start <= self._frontier + slack:
+                self._frontier = max(self._frontier, end)
+            else:
                 self._restart(start, end)
-                return
-            self._frontier = max(self._frontier, end)
             if self._frontier - self._stream_start < self.trigger:
                 return
             first = max(self._scheduled + 1, self._frontier // self.unit)
@@ -69,6 +69,16 @@ class ReadAhead:
             for unit in range(first, last + 1):
                 self._submit(unit)
             self._scheduled = max(self._scheduled, last)
+
+    def fetch_now(self, first: int, last: int) -> None:
+        """Have the workers fetch units first..last now (the reader needs them all at once and
+        fetches them itself too, in order: who comes first decodes, the other skips)."""
+        with self._lock:
+            if self._closed:
+                return
+            for unit in range(first, min(last, self.units - 1) + 1):
+                if unit not in self._pending:
+                    self._submit(unit)
 
     def _restart(self, start: int, end: int) -> None:
         self._stream_start, self._frontier = start, end

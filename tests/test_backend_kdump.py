@@ -632,8 +632,10 @@ def test_written_kdump_batch_decode_equals_page_path(tmp_path):
         pages[pfn] = (bytes(PAGE) if method == "zero" else text, method)
     dump = open_path(write_kdump(tmp_path / "batch.kdump", pages, set(range(40, 60))))
     dump.memory.chunks
-    batch = kdump_pages(dump)._decode_batch(0)
-    assert bytes(batch) == b"".join(pages[pfn][0] for pfn in sorted(pages))
+    reader = kdump_pages(dump)
+    batches = range(-(-len(pages) // kdump.PAGES_PER_BATCH))
+    assert b"".join(bytes(reader._decode_batch(b)) for b in batches) == \
+        b"".join(pages[pfn][0] for pfn in sorted(pages))
     dump.close()
 
 
