@@ -15,6 +15,7 @@ import re
 import struct
 import sys
 import threading
+from collections import Counter
 from array import array
 from bisect import bisect_right
 import zlib
@@ -28,6 +29,7 @@ from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import SourceRange, join
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
+from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
@@ -554,7 +556,7 @@ class KdumpPages:
         if self.read_ahead is not None:
             self.read_ahead.note(first, last + 1)
             data = self._from_batches(first, last + 1)
-            if data is None and last + 1 - first >= 2 * PAGES_PER_BATCH:
+            if data is None and last + 1 - first >= 2 * PAGES_PER_BATCH and not waiting_forbidden():
                 data = self._decode_in_parallel(first, last)
             if data is not None:
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
@@ -691,6 +693,11 @@ class KdumpPages:
             offsets = [d[0] for d in descriptors]
             sizes_flags = [d[1] | d[2] << 32 for d in descriptors]
         block_size, zero_offsets = self.block_size, self.zero_offsets
+        if len(set(offsets)) < count:       # pages stored once and pointed at again
+            for offset, times in Counter(offsets).items():
+                if times > 1 and offset not in zero_offsets and len(zero_offsets) < MAX_SHARED_ZERO_PAGES \
+                        and self.source.read(offset, block_size) == self.zero_page:
+                    zero_offsets.add(offset)
         stored = [k for k in range(count) if offsets[k] not in zero_offsets]
         out = bytearray(count * block_size)
         if not stored:
