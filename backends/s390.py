@@ -418,7 +418,7 @@ class S390Dump:
         while length > 0:
             index, inner = divmod(offset, unit)
             entry = self._entry(segment, index)
-            part = entry[inner:inner + length]
+            part = entry if inner == 0 and length >= len(entry) else entry[inner:inner + length]
             parts.append(part)
             offset += len(part)
             length -= len(part)

@@ -400,14 +400,19 @@ def against_noop(source: Path, name: str, workdir: Path, repeat: int, tag: str) 
 
 
 def against_cold_source(source: Path, name: str, workdir: Path, repeat: int, tag: str) -> dict:
-    """Cold first read of `name` against a cold `dd` of the source itself."""
-    ours, plain, ratios = [], [], []
+    """Cold first read of `name` against a cold `dd` of the source itself; also the no-op
+    server's rate in the same run, since no FUSE server can go faster than that."""
+    ours, plain, noop, ratios = [], [], [], []
     for i in range(repeat):
-        mountpoint = workdir / f"{tag}-cold-{i}"
+        mountpoint, noop_point = workdir / f"{tag}-cold-{i}", workdir / f"{tag}-cold-noop-{i}"
         try:
             mount([source], mountpoint)
             path = mounted_file(mountpoint, name)
-            path.stat()
+            server = noop_mount(path.stat().st_size, noop_point)
+            try:
+                noop.append(rate(*dd(noop_point / "vmcore")))
+            finally:
+                noop_umount(server, noop_point)
             drop_caches()
             plain.append(rate(*dd(source)))
             drop_caches()
@@ -415,7 +420,8 @@ def against_cold_source(source: Path, name: str, workdir: Path, repeat: int, tag
         finally:
             umount(mountpoint)
         ratios.append(ours[-1] / plain[-1])
-    return {"ours": ours, "reference": plain, "ratios": ratios, "ratio": statistics.median(ratios)}
+    return {"ours": ours, "reference": plain, "ratios": ratios, "ratio": statistics.median(ratios),
+            "noop": noop, "ceiling": statistics.median(n / p for n, p in zip(noop, plain))}
 
 
 def ranges_against_decoding(source: Path, workdir: Path, repeat: int, tag: str, decode) -> dict:
@@ -591,6 +597,13 @@ def report(result: dict, repeat: int) -> str:
     ]
     for label, entry in result["cold"]:
         lines.append(row(label, entry, "source, cold", TARGET_COLD_RATIO))
+    lines += [
+        "",
+        "The transport bounds these rows: the no-op server's (warm) rate over the cold source's, "
+        "in the same runs: " + "; ".join(
+            f"{label.split(',')[0]}: {runs(entry['noop'])} MB/s, **{entry['ceiling']:.2f}×**"
+            for label, entry in result["cold"]) + ".",
+    ]
     kdump, s390 = result["kdump"], result["s390_entries"]
     lines += [
         "",
