@@ -6,7 +6,12 @@ the scan also numbers the page descriptors (descriptor k belongs to the k-th
 set bit of the 2nd bitmap), so a present run knows its first descriptor and
 reading a page never needs a popcount.  Pages are decoded on demand, in
 batches: one pread for a run of descriptors, one pread per stretch of
-contiguous page data, decoded pages kept in a bounded LRU.
+contiguous page data, decoded pages kept in a bounded LRU.  Present runs are
+ranges of one "descriptor space" (the pages of descriptors 0, 1, ... back to
+back), so a read over runs split only by excluded pages is one read; pages
+stored raw are served with one pread per stretch; sequential readers of a
+compressed dump have the batches ahead decoded on every CPU
+(`dumpfs.readahead`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import re
 import struct
 import sys
 import threading
-from collections import Counter
 from array import array
 from bisect import bisect_right
+from collections import Counter
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -736,11 +741,11 @@ class KdumpPages:
             out[k * block_size:(k + 1) * block_size] = page
         return out
 
-    def _pages(self, descriptor: int, count: int, wait: bool = True) -> list[bytes] | None:
+    def _pages(self, descriptor: int, count: int) -> list[bytes]:
         """The decoded pages of `count` descriptors from `descriptor` on (cached by descriptor).
 
         Decoded once: the batches being decoded are claimed, and a reader needing pages of
-        a claimed batch waits for it (`wait=False`: returns None instead)."""
+        a claimed batch waits for it."""
         cache = self.cache
         pages = [cache.get(descriptor + i) for i in range(count)]
         missing = [i for i, page in enumerate(pages) if page is None]
@@ -757,8 +762,6 @@ class KdumpPages:
                     for b in batches:
                         claims[b] = claim
                     break
-            if not wait:
-                return None
             may_wait("waiting for kdump pages being decoded")
             busy.wait()
             pages = [cache.get(descriptor + i) for i in range(count)]
