@@ -601,7 +601,7 @@ def report(result: dict, repeat: int) -> str:
         "",
         "The transport bounds these rows: the no-op server's (warm) rate over the cold source's, "
         "in the same runs: " + "; ".join(
-            f"{label.split(',')[0]}: {runs(entry['noop'])} MB/s, **{entry['ceiling']:.2f}×**"
+            f"{label.rsplit(', ', 1)[0]}: {runs(entry['noop'])} MB/s, **{entry['ceiling']:.2f}×**"
             for label, entry in result["cold"]) + ".",
     ]
     kdump, s390 = result["kdump"], result["s390_entries"]
