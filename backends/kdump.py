@@ -6,13 +6,23 @@ the scan also numbers the page descriptors (descriptor k belongs to the k-th
 set bit of the 2nd bitmap), so a present run knows its first descriptor and
 reading a page never needs a popcount.  Pages are decoded on demand, in
 batches: one pread for a run of descriptors, one pread per stretch of
-contiguous page data, decoded pages kept in a bounded LRU.
+contiguous page data, decoded pages kept in a bounded LRU.  Present runs are
+ranges of one "descriptor space" (the pages of descriptors 0, 1, ... back to
+back), so a read over runs split only by excluded pages is one read; pages
+stored raw are served with one pread per stretch; sequential readers of a
+compressed dump have the batches ahead decoded on every CPU
+(`dumpfs.readahead`).
 """
 
 from __future__ import annotations
 
 import re
 import struct
+import sys
+import threading
+from array import array
+from bisect import bisect_right
+from collections import Counter
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +32,9 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 
 from dumpfs import arch as arches
 from dumpfs.elfnote import parse_notes, sort_notes
+from dumpfs.extents import SourceRange, join
+from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
+from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
@@ -36,7 +49,10 @@ MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a b
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
+PAGES_PER_BATCH = 64            # descriptors per read-ahead unit (and decode-once claim)
+STREAM_TRIGGER = 2 * MAX_PAGES_PER_BATCH    # descriptors read in a row before decoding ahead
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
+MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
 MAX_SHARED_ZERO_PAGES = 16      # data offsets remembered as "the shared zero page"
 
 # status (main header) and page_desc.flags bits
@@ -287,7 +303,7 @@ def open(source: Source) -> Dump:
     pages = KdumpPages(source, layout, block_size, bitmap1, bitmap2, table_start,
                        first_pfn, end_pfn, meta)
     return Dump(arch=arch, page_size=block_size, memory=Memory(pages.chunks), cpus=cpus,
-                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
+                meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes, resources=[pages])
 
 
 def _choose_arch(name: str, layout: Layout, machine: str):
@@ -414,7 +430,16 @@ class KdumpPages:
         self.table_start = table_start
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
-        self.cache = PageCache()
+        self.cache = PageCache()        # decoded pages, for random readers
+        self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
+        self.batches: PageCache | None = None   # batch -> its pages decoded ahead, back to back
+        self.dumpable = 0
+        self._run_pfns = array("q")             # each present run: its first pfn and descriptor
+        self._run_descriptors = array("q")
+        self._claims: dict[int, threading.Event] = {}   # batches being decoded (decode once)
+        self._claims_lock = threading.Lock()
+        # descriptors in the machine's byte order can be checked a whole batch at once
+        self.native_table = layout.byteorder == sys.byteorder and layout.page_desc.size == 24
         self.zero_page = bytes(block_size)
         self.zero_offsets: set[int] = set()     # data offsets of raw zero pages (the shared one)
         marked_incomplete = meta.details["status"] & DUMP_DH_COMPRESSED_INCOMPLETE
@@ -450,7 +475,9 @@ class KdumpPages:
                     if lost_index < len(lost):
                         stop = min(end, start + lost[lost_index][0] - descriptor)
                     chunks.append(MemoryChunk(pfn << shift, (stop - pfn) << shift, PageState.PRESENT,
-                                              self._reader(pfn, index)))
+                                              self._reader(index)))
+                    self._run_pfns.append(pfn)
+                    self._run_descriptors.append(index)
                 pfn = stop
             descriptor += end - start
         for start, end in excluded:
@@ -460,7 +487,19 @@ class KdumpPages:
         if lost_pages:
             self._problem(f"truncated: the file ends at {self.source.size:#x}; the descriptors or "
                           f"data of {lost_pages} pages lie past it: those pages are missing")
+        self.dumpable = descriptor
+        if self.meta.compression not in (None, "none") and descriptor:
+            window = max(2, READ_AHEAD_BYTES // (PAGES_PER_BATCH * self.block_size))
+            self.batches = PageCache(2 * window)
+            self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
+                                        -(-descriptor // PAGES_PER_BATCH), "kdump",
+                                        trigger=STREAM_TRIGGER)
         return chunks
+
+    def close(self) -> None:
+        """Stop the read-ahead threads; closing the dump does."""
+        if self.read_ahead is not None:
+            self.read_ahead.close()
 
     def _scan_bitmaps(self):
         """Runs of present and of excluded pfns, read in pieces so huge bitmaps never sit in memory."""
@@ -515,37 +554,246 @@ class KdumpPages:
 
     # reading
 
-    def _reader(self, run_pfn: int, run_descriptor: int):
-        def read(offset: int, length: int) -> bytes:
-            return self.read(run_pfn, run_descriptor, offset, length)
-        return read
+    def _reader(self, run_descriptor: int) -> SourceRange:
+        """A present run's bytes are a range of the descriptor space: runs that follow each
+        other there (split only by excluded pages) are read as one (`extents.coalesce`)."""
+        return SourceRange(self.read, run_descriptor << self.page_shift)
 
-    def read(self, run_pfn: int, run_descriptor: int, offset: int, length: int) -> bytes:
-        """Bytes at `offset` of the present run that starts at `run_pfn` with `run_descriptor`."""
+    def _address(self, descriptor: int) -> int:
+        """The physical address of the page with this descriptor (for error messages)."""
+        i = bisect_right(self._run_descriptors, descriptor) - 1
+        return (self._run_pfns[i] + descriptor - self._run_descriptors[i]) << self.page_shift
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes at `offset` of the descriptor space: the pages of descriptors 0, 1, ... back to
+        back (what the pages of the present runs are, in pfn order)."""
         if length <= 0:
             return b""
         shift = self.page_shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        skip = offset - (first << shift)
+        if self.read_ahead is not None:
+            self.read_ahead.note(first, last + 1)
+            data = self._from_batches(first, last + 1)
+            if data is None and last + 1 - first >= 2 * PAGES_PER_BATCH and not waiting_forbidden():
+                data = self._decode_in_parallel(first, last)
+            if data is not None:
+                return data if skip == 0 and len(data) == length else data[skip:skip + length]
+        if self.native_table and last - first < MAX_RAW_RUN:
+            data = self._raw_run(first, last + 1 - first)
+            if data is not None:
+                return data if skip == 0 and len(data) == length else data[skip:skip + length]
         pages: list[bytes] = []
         page = first
         while page <= last:
             count = min(last + 1 - page, MAX_PAGES_PER_BATCH)
-            pages.extend(self._pages(run_pfn + page, run_descriptor + page, count))
+            pages.extend(self._pages(page, count))
             page += count
         data = b"".join(pages) if len(pages) > 1 else pages[0]
-        skip = offset - (first << shift)
         if skip == 0 and len(data) == length:
             return data
         return data[skip:skip + length]
 
-    def _pages(self, pfn: int, descriptor: int, count: int) -> list[bytes]:
-        """`count` decoded pages from `pfn` on, whose descriptors are consecutive from `descriptor`."""
+    def _raw_run(self, descriptor: int, count: int):
+        """The data of `count` pages from `descriptor` on if all are stored raw (makedumpfile
+        without compression): one pread per stretch stored back to back, the shared zero
+        page from memory, no per-page decode and no page cache of ours (the source's is
+        one).  None: compressed or odd pages, for the page path and its checks."""
+        size = count * PAGE_DESC_SIZE
+        table = self.source.read(self.table_start + descriptor * PAGE_DESC_SIZE, size)
+        if len(table) != size:
+            return None
+        words = memoryview(table).cast("Q")     # offset, size | flags << 32, page_flags
+        block_size = self.block_size
+        if words[1::3].tolist() != [block_size] * count:
+            return None
+        offsets = words[0::3].tolist()
+        start = offsets[0]
+        end = start + count * block_size
+        read, file_size = self.source.read, self.source.size
+        if offsets == list(range(start, end, block_size)):      # the common case: one stretch
+            if end > file_size:
+                return None
+            data = read(start, end - start)
+            return data if len(data) == end - start else None
+        zero_offsets, zero_page = self.zero_offsets, self.zero_page
+        stored = [offset for offset in offsets if offset not in zero_offsets]
+        if not stored:
+            return zero_page * count
+        first = stored[0]
+        end = first + len(stored) * block_size
+        if stored != list(range(first, end, block_size)) or end > file_size:
+            return None             # zero pages not known yet, or pages out of order
+        blob = memoryview(read(first, end - first))
+        if len(blob) != end - first:
+            return None
+        parts = []                  # stretches of the blob between shared zero pages
+        i = low = 0
+        while i < count:
+            if offsets[i] in zero_offsets:
+                parts.append(zero_page)
+                i += 1
+                continue
+            j = i + 1
+            while j < count and offsets[j] == offsets[j - 1] + block_size:
+                j += 1
+            high = low + (j - i) * block_size
+            parts.append(blob[low:high])
+            low, i = high, j
+        return join(parts)
+
+    # decoding ahead of sequential readers, a batch of PAGES_PER_BATCH descriptors at a time
+
+    def _from_batches(self, start: int, end: int):
+        """The pages of descriptors [start, end) if read-ahead decoded (or is decoding) all of
+        their batches, else None: then the page path serves them."""
+        batches, claims, size = self.batches, self._claims, self.block_size
+        parts = []
+        descriptor = start
+        while descriptor < end:
+            batch = descriptor // PAGES_PER_BATCH
+            data = batches.get(batch)
+            if data is None:
+                claim = claims.get(batch)
+                if claim is None:
+                    return None
+                may_wait("waiting for kdump pages being decoded ahead")
+                claim.wait()
+                data = batches.get(batch)
+                if data is None:
+                    return None
+            stop = min(end, (batch + 1) * PAGES_PER_BATCH)
+            base = batch * PAGES_PER_BATCH
+            parts.append(memoryview(data)[(descriptor - base) * size:(stop - base) * size])
+            descriptor = stop
+        return join(parts)
+
+    def _decode_in_parallel(self, first: int, last: int):
+        """A large read (several batches; small, random ones never come here): the workers
+        and this thread decode its batches together."""
+        may_wait("decompressing kdump pages")
+        low, high = first // PAGES_PER_BATCH, last // PAGES_PER_BATCH
+        self.read_ahead.fetch_now(low + 1, high)
+        for batch in range(low, high + 1):
+            self._fetch(batch)
+        return self._from_batches(first, last + 1)
+
+    def _fetch(self, batch: int) -> None:
+        """Decode a whole batch ahead of a reader (a worker of `read_ahead`), once."""
+        if self.batches.get(batch) is not None:
+            return
+        with self._claims_lock:
+            if batch in self._claims:
+                return              # a reader or another worker is decoding it
+            claim = self._claims[batch] = threading.Event()
+        try:
+            data = self._decode_batch(batch)
+            if data is not None:
+                self.batches.put(batch, data)
+        finally:
+            with self._claims_lock:
+                del self._claims[batch]
+            claim.set()
+
+    def _decode_batch(self, batch: int) -> bytearray | None:
+        """The pages of one batch back to back; None if anything is odd (a corrupt page, data
+        far apart): the page path then reports it, page by page."""
+        first = batch * PAGES_PER_BATCH
+        count = min(PAGES_PER_BATCH, self.dumpable - first)
+        size = count * PAGE_DESC_SIZE
+        table = self.source.read(self.table_start + first * PAGE_DESC_SIZE, size)
+        if len(table) != size:
+            return None
+        if self.native_table:
+            words = memoryview(table).cast("Q")
+            offsets, sizes_flags = words[0::3].tolist(), words[1::3].tolist()
+        else:
+            descriptors = list(self.page_desc.iter_unpack(table))
+            offsets = [d[0] for d in descriptors]
+            sizes_flags = [d[1] | d[2] << 32 for d in descriptors]
+        block_size, zero_offsets = self.block_size, self.zero_offsets
+        if len(set(offsets)) < count:       # pages stored once and pointed at again
+            for offset, times in Counter(offsets).items():
+                if times > 1 and offset not in zero_offsets and len(zero_offsets) < MAX_SHARED_ZERO_PAGES \
+                        and self.source.read(offset, block_size) == self.zero_page:
+                    zero_offsets.add(offset)
+        stored = [k for k in range(count) if offsets[k] not in zero_offsets]
+        out = bytearray(count * block_size)
+        if not stored:
+            return out
+        low = min(offsets[k] for k in stored)
+        high = max(offsets[k] + (sizes_flags[k] & 0xFFFFFFFF) for k in stored)
+        if low < 0 or high > self.source.size or high - low > 2 * MAX_COALESCED_READ:
+            return None
+        blob = memoryview(self.source.read(low, high - low))
+        if len(blob) != high - low:
+            return None
+        decompress, zero_page = zlib.decompress, self.zero_page
+        for k in stored:
+            at = offsets[k] - low
+            length = sizes_flags[k] & 0xFFFFFFFF
+            flags = sizes_flags[k] >> 32
+            raw = blob[at:at + length]
+            if flags == DUMP_DH_COMPRESSED_ZLIB:
+                try:
+                    page = decompress(raw, 15, block_size)
+                except zlib.error:
+                    return None
+            elif flags == 0 and length == block_size:
+                if raw == zero_page:
+                    if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
+                        zero_offsets.add(offsets[k])
+                    continue
+                page = raw
+            else:
+                try:
+                    page = self._decode(raw, flags, 0)
+                except MemoryUnavailable:
+                    return None
+            if len(page) != block_size:
+                return None
+            out[k * block_size:(k + 1) * block_size] = page
+        return out
+
+    def _pages(self, descriptor: int, count: int) -> list[bytes]:
+        """The decoded pages of `count` descriptors from `descriptor` on (cached by descriptor).
+
+        Decoded once: the batches being decoded are claimed, and a reader needing pages of
+        a claimed batch waits for it."""
         cache = self.cache
-        pages = [cache.get(pfn + i) for i in range(count)]
+        pages = [cache.get(descriptor + i) for i in range(count)]
         missing = [i for i, page in enumerate(pages) if page is None]
         if not missing:
             return pages
+        batches = range((descriptor + missing[0]) // PAGES_PER_BATCH,
+                        (descriptor + missing[-1]) // PAGES_PER_BATCH + 1)
+        claims = self._claims
+        while True:
+            with self._claims_lock:
+                busy = next((claims[b] for b in batches if b in claims), None)
+                if busy is None:
+                    claim = threading.Event()
+                    for b in batches:
+                        claims[b] = claim
+                    break
+            may_wait("waiting for kdump pages being decoded")
+            busy.wait()
+            pages = [cache.get(descriptor + i) for i in range(count)]
+            missing = [i for i, page in enumerate(pages) if page is None]
+            if not missing:
+                return pages
+        try:
+            return self._decode_pages(descriptor, pages, missing)
+        finally:
+            with self._claims_lock:
+                for b in batches:
+                    del claims[b]
+            claim.set()
+
+    def _decode_pages(self, descriptor: int, pages: list, missing: list[int]) -> list[bytes]:
+        """Fill in `pages[i]` for each i in `missing` from the file (and the cache)."""
+        cache = self.cache
         low, high = missing[0], missing[-1] + 1
         table_offset = self.table_start + (descriptor + low) * PAGE_DESC_SIZE
         table = self.source.read(table_offset, (high - low) * PAGE_DESC_SIZE)
@@ -557,19 +805,19 @@ class KdumpPages:
         group = None
         for i in missing:
             if i - low >= len(descriptors):
-                raise MemoryUnavailable((pfn + i) << self.page_shift, "page descriptor past the end "
+                raise MemoryUnavailable(self._address(descriptor + i), "page descriptor past the end "
                                         "of the file" + self.incomplete_note)
             data_offset, size, flags, _ = descriptors[i - low]
             if data_offset in zero_offsets:
                 pages[i] = self.zero_page
-                cache.put(pfn + i, self.zero_page)
+                cache.put(descriptor + i, self.zero_page)
                 continue
             if data_offset < 0 or size == 0 or size > block_size:
-                raise MemoryUnavailable((pfn + i) << self.page_shift, f"corrupt page data: "
+                raise MemoryUnavailable(self._address(descriptor + i), f"corrupt page data: "
                                         f"descriptor says {size} bytes at {data_offset:#x} "
                                         f"(block size {block_size})")
             if data_offset + size > file_size:
-                raise MemoryUnavailable((pfn + i) << self.page_shift, f"page data at "
+                raise MemoryUnavailable(self._address(descriptor + i), f"page data at "
                                         f"{data_offset:#x} lies past the end of the file"
                                         + self.incomplete_note)
             if group and group[0] + group[1] == data_offset and group[1] + size <= MAX_COALESCED_READ:
@@ -588,7 +836,7 @@ class KdumpPages:
             for i, size, flags in members:
                 raw = blob[position:position + size]
                 if len(raw) < size:
-                    raise MemoryUnavailable((pfn + i) << self.page_shift, "page data past the end "
+                    raise MemoryUnavailable(self._address(descriptor + i), "page data past the end "
                                             "of the file" + self.incomplete_note)
                 page = None
                 if flags == DUMP_DH_COMPRESSED_ZLIB:     # the common case, without the dispatch
@@ -599,14 +847,14 @@ class KdumpPages:
                     if page is None or len(page) != block_size:
                         page = None
                 if page is None:
-                    page = self._decode(raw, flags, (pfn + i) << self.page_shift)
+                    page = self._decode(raw, flags, self._address(descriptor + i))
                 if flags == 0 and page == self.zero_page:
                     page = self.zero_page
                     if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
                         zero_offsets.add(data_offset + position)
                 position += size
                 pages[i] = page
-                cache.put(pfn + i, page)
+                cache.put(descriptor + i, page)
         return pages
 
     def _decode(self, raw: memoryview, flags: int, address: int) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from construct import Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
@@ -25,6 +24,7 @@ from dumpfs.arch import s390x
 from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
 from dumpfs.errors import DamagedDump, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
+from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
 from dumpfs.source import Source
 
@@ -201,8 +201,9 @@ class S390Dump:
         self.cache = PageCache(capacity=64)     # decoded 1 MiB zlib entries
         self._decoding: dict[tuple[int, int], threading.Event] = {}    # entries being decoded
         self._decoding_lock = threading.Lock()
-        self._last_entry: tuple[int, int] | None = None     # for spotting sequential reads
-        self._prefetcher: ThreadPoolExecutor | None = None
+        self._flat: list[tuple[Segment, int]] | None = None    # every zlib-segment entry, in order
+        self._flat_base: dict[int, int] = {}       # segment number -> flat number of its entry 0
+        self._read_ahead: ReadAhead | None = None
         raw = source.read(self.base, HEADER_SIZE)
         if len(raw) < HEADER_SIZE:
             raise DamagedDump(f"{source.name}: truncated: the s390 dump header at {self.base:#x} "
@@ -410,38 +411,44 @@ class S390Dump:
 
     def _read_entries(self, segment: Segment, offset: int, length: int) -> bytes:
         unit = self.hdr.zlib_entry_size
+        read_ahead = self._read_ahead or self._start_read_ahead()
+        base = self._flat_base[segment.number] * unit
+        read_ahead.note(base + offset, base + offset + length)
         parts = []
-        index = offset // unit
         while length > 0:
             index, inner = divmod(offset, unit)
             entry = self._entry(segment, index)
-            part = entry[inner:inner + length]
+            part = entry if inner == 0 and length >= len(entry) else entry[inner:inner + length]
             parts.append(part)
             offset += len(part)
             length -= len(part)
-        if offset % unit == 0:          # read to the end of an entry
-            self._read_ahead(segment, index)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _read_ahead(self, segment: Segment, index: int) -> None:
-        """After a sequential read to the end of an entry, decode the next entry in the
-        background while this one is delivered, so that the next request finds it decoded
-        (and is served without a worker thread)."""
-        previous, self._last_entry = self._last_entry, (segment.number, index)
-        sequential = previous in ((segment.number, index - 1), (segment.number, index))
-        following = (segment.number, index + 1)
-        if not sequential or index + 1 >= len(segment.entries) or following in self._decoding \
-                or self.cache.get(following) is not None:
-            return
-        if self._prefetcher is None:
-            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s390-zlib")
-        self._prefetcher.submit(self._entry_if_possible, segment, index + 1)
+    def _start_read_ahead(self) -> ReadAhead:
+        """Number the entries of every zlib segment one after another (the order a sequential
+        reader meets them) and decode ahead of sequential reads on every CPU."""
+        with self._decoding_lock:
+            if self._read_ahead is None:
+                flat = []
+                for segment in self.segments:
+                    if segment.size_on_disk:
+                        self._flat_base[segment.number] = len(flat)
+                        flat.extend((segment, index) for index in range(len(segment.entries)))
+                self._flat = flat
+                unit = self.hdr.zlib_entry_size
+                self._read_ahead = ReadAhead(self._fetch, unit, max(2, READ_AHEAD_BYTES // unit),
+                                             len(flat), "s390-zlib")
+        return self._read_ahead
+
+    def _fetch(self, number: int) -> None:
+        segment, index = self._flat[number]
+        if self.cache.get((segment.number, index)) is None:
+            self._entry_if_possible(segment, index)
 
     def close(self) -> None:
-        """Stop the read-ahead thread; closing the dump does (the reader is one of its resources)."""
-        if self._prefetcher is not None:
-            self._prefetcher.shutdown(wait=True, cancel_futures=True)
-            self._prefetcher = None
+        """Stop the read-ahead threads; closing the dump does (the reader is one of its resources)."""
+        if self._read_ahead is not None:
+            self._read_ahead.close()
 
     def _entry_if_possible(self, segment: Segment, index: int) -> None:
         try:

@@ -23,7 +23,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Callable, NamedTuple, Sequence, Union
 
+from dumpfs.buffers import gather
 from dumpfs.errors import MemoryUnavailable
+from dumpfs.waiting import waiting_forbidden
 
 Reader = Callable[[int, int], bytes]
 """read(offset, length) -> bytes."""
@@ -90,6 +92,17 @@ def _reader(offset: int, fill: Fill) -> tuple[int, Reader]:
     if isinstance(fill, Unreadable):
         return offset, fill          # raises with the offset in the file
     return 0, fill
+
+
+def join(parts: Sequence) -> bytes | memoryview:
+    """The parts one after another: bytes, or on the FUSE event loop (`without_waiting`) a
+    view of a reused buffer, which spares a fresh allocation per request."""
+    if waiting_forbidden():
+        return parts[0] if len(parts) == 1 else gather(parts, sum(map(len, parts)))
+    if len(parts) == 1 and not isinstance(parts[0], memoryview):
+        return parts[0]
+        return gather(parts, sum(map(len, parts)))
+    return b"".join(parts)
 
 
 class ExtentFile:
@@ -184,12 +197,12 @@ class ExtentFile:
                 for j in range(i, last + 1):
                     low = max(position, starts[j]) - starts[j] + wheres[j] - at
                     high = min(stop, starts[j] + lengths[j]) - starts[j] + wheres[j] - at
-                    parts.append(bytes(blob[low:high]))
+                    parts.append(blob[low:high])
                 if len(blob) < high:
                     break
             position = stop
             i = last + 1
-        return b"".join(parts)
+        return join(parts)
 
     def _joinable(self, i: int, end: int) -> int:
         """The last extent from `i` on that one read of the source can fetch together with `i`."""
@@ -201,6 +214,22 @@ class ExtentFile:
                 and 0 <= wheres[last + 1] - (wheres[last] + lengths[last]) <= self._read_across:
             last += 1
         return last
+
+
+def coalesce(extents: Sequence[tuple[int, int, Fill]]) -> list[tuple[int, int, Fill]]:
+    """Sorted extents with each run of source ranges that continue each other both in the
+    file and in one source merged into one extent: a QEMU paging=true dump has a PT_LOAD
+    per page, which would otherwise cost a read per page of every request."""
+    merged: list[tuple[int, int, Fill]] = []
+    for offset, length, fill in extents:
+        if merged and isinstance(fill, SourceRange):
+            last_offset, last_length, last_fill = merged[-1]
+            if isinstance(last_fill, SourceRange) and last_offset + last_length == offset \
+                    and last_fill.read == fill.read and last_fill.start + last_length == fill.start:
+                merged[-1] = (last_offset, last_length + length, last_fill)
+                continue
+        merged.append((offset, length, fill))
+    return merged
 
 
 def cut(extent: Extent, low: int, high: int) -> Extent:

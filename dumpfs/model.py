@@ -7,8 +7,8 @@ metadata.  Nothing here knows which file format the dump came from.
 
 from __future__ import annotations
 
-import contextlib
 import enum
+from bisect import bisect_right
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,39 +17,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
-from dumpfs.extents import ExtentFile, Unreadable
+from dumpfs.extents import ExtentFile, Unreadable, coalesce
+from dumpfs.waiting import WouldBlock, may_wait, waiting_forbidden, without_waiting  # noqa: F401
 
 if TYPE_CHECKING:
     from dumpfs.arch import Arch      # the arch modules build on Note: no import cycle at run time
-
-
-class WouldBlock(Exception):
-    """A read made `without_waiting()` would have had to wait for the disk or a decompression."""
-
-
-_no_waiting = threading.local()
-
-
-@contextlib.contextmanager
-def without_waiting():
-    """Reads inside may not block: data not in the page cache, or still to be decompressed,
-    raises WouldBlock.  The FUSE layer serves such reads on its event loop and hands the
-    rest to worker threads, which spares the thread hop for the common, cached case."""
-    _no_waiting.active = True
-    try:
-        yield
-    finally:
-        _no_waiting.active = False
-
-
-def waiting_forbidden() -> bool:
-    return getattr(_no_waiting, "active", False)
-
-
-def may_wait(what: str) -> None:
-    """Backends call this before work that takes long (decompression, waiting on a lock)."""
-    if getattr(_no_waiting, "active", False):
-        raise WouldBlock(what)
 
 
 class PageState(enum.Enum):
@@ -131,6 +103,7 @@ class Memory:
     def __init__(self, chunks: Iterable[MemoryChunk] | Callable[[], Iterable[MemoryChunk]]):
         self._factory = chunks if callable(chunks) else None
         self._chunks: list[MemoryChunk] = []
+        self._starts: list[int] = []
         self._file: ExtentFile | None = None      # set last: other threads read without the lock
         self._lock = threading.Lock()
         if self._factory is None:
@@ -144,7 +117,8 @@ class Memory:
                     f"memory ranges overlap: {before.start:#x}-{before.end:#x} and "
                     f"{after.start:#x}-{after.end:#x}")
         self._chunks = [c for c in chunks if c.size > 0]
-        self._file = ExtentFile([(c.start, c.size, c.fill) for c in self._chunks],
+        self._starts = [c.start for c in self._chunks]
+        self._file = ExtentFile(coalesce([(c.start, c.size, c.fill) for c in self._chunks]),
                                 size=ADDRESS_SPACE, gap=NOT_IN_DUMP)
         return self._file
 
@@ -185,8 +159,11 @@ class Memory:
         return [(start, end) for start, end in ranges]
 
     def chunk_at(self, address: int) -> MemoryChunk | None:
-        i = self._layout().extent_index(address)
-        return None if i is None else self._chunks[i]
+        self._layout()
+        i = bisect_right(self._starts, address) - 1
+        if i >= 0 and address < self._chunks[i].end:
+            return self._chunks[i]
+        return None
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""

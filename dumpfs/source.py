@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import stat
 
+from dumpfs.buffers import scratch
 from dumpfs.errors import DamagedDump, MissingPart, NoDump
 from dumpfs.model import WouldBlock, waiting_forbidden
 from dumpfs.extents import Extent, ExtentFile, SourceRange
+
+
+SMALL_READ = 64 << 10       # page-cache reads up to this size are returned as bytes
 
 
 class Source:
@@ -58,7 +62,6 @@ class FileSource(Source):
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        self._probe = bytearray(1)     # page-cache probes (only the FUSE event loop uses it)
 
     def read(self, offset: int, length: int) -> bytes:
         if length <= 0 or offset >= self.size:
@@ -78,22 +81,21 @@ class FileSource(Source):
             data = b"".join(parts)
         return data
 
-    def _read_cached(self, offset: int, length: int) -> bytes:
-        """The range if its first and last byte are in the page cache, else WouldBlock.
+    def _read_cached(self, offset: int, length: int) -> bytes | memoryview:
+        """The range if the page cache holds all of it, else WouldBlock.
 
-        Probing two bytes with RWF_NOWAIT and then reading with pread is much
-        cheaper than a preadv(RWF_NOWAIT) of the whole range into a fresh
-        bytearray (zero-filled, page-faulted memory on every call); sequential
-        readers fill the cache front to back, so the ends speak for the middle.
+        One preadv(RWF_NOWAIT) into a buffer this thread reuses
+        (`dumpfs.buffers`): large reads return a memoryview of it, which is
+        all a FUSE reply needs; small ones a copy, as bytes.
         """
-        probe = self._probe
+        view = scratch(length)
         try:
-            for at in (offset, offset + length - 1):
-                if os.preadv(self.fd, [probe], at, os.RWF_NOWAIT) != 1:
-                    raise WouldBlock(f"{self.name}: {at:#x} is not in the page cache")
+            got = os.preadv(self.fd, [view], offset, os.RWF_NOWAIT)
         except OSError as e:        # BlockingIOError: not cached; EOPNOTSUPP: no RWF_NOWAIT
             raise WouldBlock(f"{self.name}: {e.strerror}") from None
-        return os.pread(self.fd, length, offset)
+        if got < length:
+            raise WouldBlock(f"{self.name}: {offset + got:#x} is not in the page cache")
+        return bytes(view) if length <= SMALL_READ else view
 
     def close(self) -> None:
         if self.fd >= 0:

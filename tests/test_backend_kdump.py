@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import struct
+import time
 
 import pytest
 
@@ -610,3 +611,54 @@ def test_written_kdump_marked_incomplete(tmp_path):
             dump.read_physical(pfn * PAGE, PAGE)
         assert "incomplete" in caught.value.reason
     dump.close()
+
+
+# --- decoding ahead of sequential readers ---------------------------------------------------------
+
+def kdump_pages(dump) -> kdump.KdumpPages:
+    return next(r for r in dump.resources if isinstance(r, kdump.KdumpPages))
+
+
+def test_written_kdump_batch_decode_equals_page_path(tmp_path):
+    """A whole batch decoded at once (every compression, shared zero pages) holds the pages
+    the page-by-page path returns, in descriptor order."""
+    rng = random.Random(5)
+    methods = ["zlib", "lzo", "snappy", "zstd", "raw", "zero"]
+    pages = {}
+    for pfn in list(range(0, 40)) + list(range(100, 130)):
+        words = [b"ahead ", b"page ", b"%d " % pfn, b"\0\0\0\0"]
+        text = b"".join(rng.choice(words) for _ in range(PAGE))[:PAGE]
+        method = methods[pfn % len(methods)]
+        pages[pfn] = (bytes(PAGE) if method == "zero" else text, method)
+    dump = open_path(write_kdump(tmp_path / "batch.kdump", pages, set(range(40, 60))))
+    dump.memory.chunks
+    reader = kdump_pages(dump)
+    batches = range(-(-len(pages) // kdump.PAGES_PER_BATCH))
+    assert b"".join(bytes(reader._decode_batch(b)) for b in batches) == \
+        b"".join(pages[pfn][0] for pfn in sorted(pages))
+    dump.close()
+
+
+def test_sequential_reads_decode_ahead_random_reads_do_not():
+    dump = open_fixture("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
+    reference = open_fixture("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
+    pages = kdump_pages(dump)
+    run = max((c for c in dump.memory.chunks if c.state is PageState.PRESENT), key=lambda c: c.size)
+    assert run.size >= 16 << 20
+    rng = random.Random(3)
+    for _ in range(200):                 # crash's and drgn's pattern: no decoding ahead
+        address = run.start + rng.randrange(run.size // PAGE) * PAGE
+        assert dump.read_physical(address, 64) == reference.read_physical(address, 64)
+    assert len(pages.batches._pages) == 0 and pages.read_ahead._executor is None
+    for offset in range(0, 8 << 20, 1 << 20):    # a sequential stream: decoded ahead, in parallel
+        assert dump.read_physical(run.start + offset, 1 << 20) == \
+            reference.read_physical(run.start + offset, 1 << 20)
+    deadline = time.monotonic() + 60
+    while pages.read_ahead._pending and time.monotonic() < deadline:
+        time.sleep(0.01)                 # let the fetches under way finish
+    ahead = [b for b in pages.batches._pages if b * kdump.PAGES_PER_BATCH * PAGE > 8 << 20]
+    assert ahead, "nothing was decoded ahead of the stream"
+    assert dump.read_physical(run.start + (8 << 20), 4 << 20) == \
+        reference.read_physical(run.start + (8 << 20), 4 << 20)
+    dump.close()
+    reference.close()

@@ -23,7 +23,7 @@ from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_hea
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
-from dumpfs.extents import Extent, ExtentFile
+from dumpfs.extents import Extent, ExtentFile, coalesce
 from dumpfs.views.extents import lazy_extent_file
 
 
@@ -113,7 +113,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
     header = core_headers(order, dump.arch.elf_machine, phdrs)
     extents.append(Extent(0, len(header), header))
     extents.append(Extent(notes_offset, len(notes), notes))
-    return ExtentFile(extents, size=max(position, data_offset))
+    return ExtentFile(coalesce(sorted(extents, key=lambda e: e[0])), size=max(position, data_offset))
 
 
 def vmcore_file(dump: Dump, name: str = "vmcore") -> File:
