@@ -14,6 +14,7 @@ from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NO
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
+from dumpfs.origin import is_origin, outside, read_origin
 from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 
@@ -88,11 +89,17 @@ def open(source: Source) -> Dump:
             if p_filesz < p_memsz:
                 chunks.append(MemoryChunk(p_paddr + p_filesz, p_memsz - p_filesz, PageState.ZERO))
 
-    cpus, dump_notes, vmcoreinfo = sort_notes(arch, parse_notes(note_data, arch.byteorder))
-    memory = Memory(_merge_aliases(chunks, source.name))
+    notes = parse_notes(note_data, arch.byteorder)
+    origins = [n for n in notes if is_origin(n)]
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, [n for n in notes if not is_origin(n)])
     meta = DumpMeta(format="elf", writer=_guess_writer(ehdr, dump_notes, cpus),
                     problems=problems,
                     details={"e_phoff": ehdr.e_phoff, "program headers": phnum})
+    chunks = _merge_aliases(chunks, source.name)
+    if origins:             # written by dumpfs: what its source did not hold
+        absent = read_origin(origins[0], meta)
+        chunks += outside(absent, [(c.start, c.end) for c in chunks])
+    memory = Memory(chunks)
     if vmcoreinfo is not None:
         meta.kernel_release = vmcoreinfo.get("OSRELEASE")
     page_size = vmcoreinfo.number("PAGESIZE") if vmcoreinfo else None

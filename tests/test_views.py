@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import json
 import random
 import subprocess
 
@@ -67,8 +69,15 @@ def test_vmcore_layout_with_zero_tail_and_excluded_hole():
             expected = bytes(4096) if 0x3000 <= address < 0x4000 else page_pattern(address, 4096)
             assert data[offset:offset + 4096] == expected[:len(data[offset:offset + 4096])]
     notes = [n for s in elf.iter_segments() if s["p_type"] == "PT_NOTE" for n in s.iter_notes()]
-    assert [n["n_type"] for n in notes] == ["NT_PRSTATUS", 0]
+    assert [n["n_type"] for n in notes] == ["NT_PRSTATUS", 0, 0x44460001]
     assert notes[1]["n_name"] == "VMCOREINFO"
+    # the DUMPFS note names the excluded hole: JSON, NUL, then (start, end) pairs
+    assert notes[2]["n_name"] == "DUMPFS"
+    desc = notes[2]["n_desc"]
+    desc = desc.encode("latin-1") if isinstance(desc, str) else desc
+    header, _, pairs = desc.partition(b"\0")
+    assert json.loads(header)["excluded"] == 1
+    assert struct.unpack("<QQ", pairs[:16]) == (0x8000, 0xC000)
 
 
 def test_vmcore_pn_xnum_readable_by_pyelftools_and_readelf(tmp_path):

@@ -6,7 +6,7 @@ memory map onto whole pages):
     ELF header, program headers (PT_NOTE, one PT_LOAD per memory run)
     [section header 0, only when the PT_LOAD count needs PN_XNUM]
     padding to a page
-    notes: dump-wide notes, each CPU's notes, VMCOREINFO; padding to 1 MiB
+    notes: dump-wide notes, each CPU's notes, VMCOREINFO, DUMPFS (dumpfs.origin); padding to 1 MiB
     memory of each PT_LOAD, file offset congruent to its address modulo the page
 
 A PT_LOAD covers a maximal run of adjacent present and zero chunks; a zero
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_headers, core_headers_size
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
+from dumpfs.origin import is_origin, origin_note
 from dumpfs.tree import File
 from dumpfs.extents import Extent, ExtentFile, coalesce
 from dumpfs.views.extents import lazy_extent_file
@@ -71,11 +72,12 @@ def load_segments(dump: Dump) -> list[LoadSegment]:
 
 def note_bytes(dump: Dump) -> bytes:
     order = dump.arch.byteorder
-    notes: list[Note] = list(dump.notes)
+    notes: list[Note] = [n for n in dump.notes if not is_origin(n)]
     for number in sorted(dump.cpus):
         notes.extend(dump.cpus[number].notes)
     if dump.vmcoreinfo is not None:
         notes.append(Note("VMCOREINFO", 0, dump.vmcoreinfo.raw))
+    notes.append(origin_note(dump))     # what the source held and did not hold
     return b"".join(build_note(n, order) for n in notes)
 
 
