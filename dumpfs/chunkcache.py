@@ -28,7 +28,6 @@ import os
 import sys
 import threading
 import zlib
-from collections import OrderedDict
 from typing import Callable
 
 import zstandard
@@ -36,7 +35,7 @@ from construct import Bytes, Const, Int32ul, Int64ul, PaddedString, Struct
 from tqdm import tqdm
 
 from dumpfs.errors import DumpError, Unavailable
-from dumpfs.model import may_wait
+from dumpfs.model import PageCache, may_wait
 
 CHUNK_SIZE = 128 << 10      # a random read decodes this much: ~0.1 ms (256 KiB: ~0.5 ms, out of L2)
 LEVEL = 1
@@ -73,25 +72,17 @@ class ChunkedReads:
     name: str
 
     def _init_pieces(self, capacity: int = DECODED_CHUNKS) -> None:
-        self._decoded: OrderedDict[int, bytes] = OrderedDict()
-        self._capacity = capacity
-        self._decoded_lock = threading.Lock()
+        self._decoded = PageCache(capacity)
 
     def _decode(self, index: int) -> bytes:
         raise NotImplementedError
 
     def _piece(self, index: int) -> bytes:
-        with self._decoded_lock:
-            piece = self._decoded.get(index)
-            if piece is not None:
-                self._decoded.move_to_end(index)
-                return piece
-        may_wait(f"{self.name}: piece {index} is still to be decompressed")
-        piece = self._decode(index)
-        with self._decoded_lock:
-            self._decoded[index] = piece
-            while len(self._decoded) > self._capacity:
-                self._decoded.popitem(last=False)
+        piece = self._decoded.get(index)
+        if piece is None:
+            may_wait(f"{self.name}: piece {index} is still to be decompressed")
+            piece = self._decode(index)
+            self._decoded.put(index, piece)
         return piece
 
     def read(self, offset: int, length: int) -> bytes:

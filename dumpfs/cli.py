@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import logging
 import os
@@ -534,6 +535,18 @@ def _copy(vmcore, size: int, out, progress: bool, name: str) -> None:
 
 # -- main --------------------------------------------------------------
 
+CHECK_EXIT_CODES = """\
+exit codes:
+  0    a valid, complete dump is on the device
+  1    no dump, an incomplete or invalid dump, or no dump tool
+  2    bad command line (or not a disk)
+"""
+
+
+def _examples(*lines: str, exits: str = EXIT_CODES) -> str:
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines) + "\n" + exits
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """Usage errors are one line too (plus a hint), exit code 2."""
@@ -556,15 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dumpfs {ver}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    command = functools.partial(sub.add_parser, parents=[common], formatter_class=fmt)
 
-    p = sub.add_parser("mount", parents=[common], formatter_class=fmt,
-                       help="mount dumps as a read-only file tree",
-                       description="Mount one dump at MOUNTPOINT, or several dumps as one "
-                                   "subfolder each (named after the file).  Runs in the "
-                                   "background once the mount is ready, unless -f.",
-                       epilog="examples:\n  dumpfs mount vmcore /mnt/dump\n"
-                              "  dumpfs mount -o allow_other a.kdump b.elf /mnt/dumps\n\n"
-                              + EXIT_CODES)
+    p = command("mount", help="mount dumps as a read-only file tree",
+                description="Mount one dump at MOUNTPOINT, or several dumps as one subfolder "
+                            "each (named after the file).  Runs in the background once the "
+                            "mount is ready, unless -f.",
+                epilog=_examples("dumpfs mount vmcore /mnt/dump",
+                                 "dumpfs mount -o allow_other a.kdump b.elf /mnt/dumps"))
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground; Ctrl-C unmounts")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -585,20 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", parents=[common], formatter_class=fmt,
-                       help="unmount a dumpfs mount",
-                       description="Unmount (fusermount3 -u, else umount); the daemon exits.",
-                       epilog="example:\n  dumpfs umount /mnt/dump\n\n" + EXIT_CODES)
+    p = command("umount", help="unmount a dumpfs mount",
+                description="Unmount (fusermount3 -u, else umount); the daemon exits.",
+                epilog=_examples("dumpfs umount /mnt/dump", "dumpfs umount --lazy /mnt/dump"))
     p.add_argument("-l", "--lazy", action="store_true",
                    help="detach now even if files are open (or the daemon is dead)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
 
-    p = sub.add_parser("info", parents=[common], formatter_class=fmt,
-                       help="describe a dump (format, kernel, CPUs, memory, damage)",
-                       description="Print what the mounted `info` file would show.",
-                       epilog="examples:\n  dumpfs info vmcore\n  dumpfs info --json vmcore\n\n"
-                              + EXIT_CODES)
+    p = command("info", help="describe a dump (format, kernel, CPUs, memory, damage)",
+                description="Print what the mounted `info` file would show.",
+                epilog=_examples("dumpfs info vmcore", "dumpfs info --json vmcore"))
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a dump; several volumes of one multi-volume DASD dump are one dump")
     p.add_argument("--json", action="store_true", help="machine-readable, as info.json")
@@ -607,29 +616,23 @@ def build_parser() -> argparse.ArgumentParser:
     _symbol_source_options(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("check", parents=[common], formatter_class=fmt,
-                       help="which dump tool a disk has and whether a complete dump is on it",
-                       description="Like zgetdump -d: the installed stand-alone dump tool "
-                                   "(multi-volume DASD, ECKD, FBA, SCSI), its settings, the "
-                                   "volumes of a multi-volume set, and whether a valid, "
-                                   "complete dump is on the device.  A partition is checked "
-                                   "through its disk where sysfs knows it.",
-                       epilog="examples:\n  dumpfs check /dev/dasdb\n  dumpfs check disk.img\n\n"
-                              "exit codes:\n  0    a valid, complete dump is on the device\n"
-                              "  1    no dump, an incomplete or invalid dump, or no dump tool\n"
-                              "  2    bad command line (or not a disk)\n")
+    p = command("check", help="which dump tool a disk has and whether a complete dump is on it",
+                description="Like zgetdump -d: the installed stand-alone dump tool (multi-volume "
+                            "DASD, ECKD, FBA, SCSI), its settings, the volumes of a multi-volume "
+                            "set, and whether a valid, complete dump is on the device.  A "
+                            "partition is checked through its disk where sysfs knows it.",
+                epilog=_examples("dumpfs check /dev/dasdb", "dumpfs check disk.img",
+                                 exits=CHECK_EXIT_CODES))
     p.add_argument("device", metavar="DEVICE", help="a disk, partition or disk image")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("convert", parents=[common], formatter_class=fmt,
-                       help="write a dump as an ELF vmcore",
-                       description="Write exactly the bytes of the mounted `vmcore` file: an "
-                                   "ELF core that crash, gdb and drgn read.  The output "
-                                   "appears under its name only when complete.",
-                       epilog="examples:\n  dumpfs convert dump.kdump vmcore.elf\n"
-                              "  dumpfs convert /dev/dasdb1 /dev/dasdc1 /dev/dasdd1 vmcore.elf\n"
-                              "  dumpfs convert dump.kdump - | ssh host 'cat > vmcore'\n\n"
-                              + EXIT_CODES)
+    p = command("convert", help="write a dump as an ELF vmcore",
+                description="Write exactly the bytes of the mounted `vmcore` file: an ELF core "
+                            "that crash, gdb and drgn read.  The output appears under its name "
+                            "only when complete.",
+                epilog=_examples("dumpfs convert dump.kdump vmcore.elf",
+                                 "dumpfs convert /dev/dasdb1 /dev/dasdc1 /dev/dasdd1 vmcore.elf",
+                                 "dumpfs convert dump.kdump - | ssh host 'cat > vmcore'"))
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a dump; several volumes of one multi-volume DASD dump are one dump")
     p.add_argument("output", metavar="OUTPUT", help="file to write, or - for stdout")

@@ -121,17 +121,11 @@ def test_findmnt_names_the_dump(public_dir):
 
 
 def _daemon_pid(mnt: Path) -> int:
-    """The dumpfs daemon serving `mnt`: the process whose command line names it."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.fsencode(str(mnt)) in argv and b"mount" in argv and b"dumpfs" in argv:
-            return int(entry)
-    raise AssertionError(f"no dumpfs daemon for {mnt}")
+    """The dumpfs daemon serving `mnt` (pgrep on its command line)."""
+    done = subprocess.run(["pgrep", "-f", f"dumpfs mount .*{mnt}$"], capture_output=True, text=True)
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 1, f"dumpfs daemons for {mnt}: {pids}"
+    return pids[0]
 
 
 def test_a_killed_daemon_is_recovered_by_the_next_mount(public_dir):

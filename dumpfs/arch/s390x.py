@@ -122,15 +122,8 @@ class S390xKernel(KernelArch):
             + Int64ub.build(orig_gpr2)
 
 
-ARCH = Arch(
-    name="s390x",
-    byteorder="big",
-    elf_machine=22,
-    page_size=4096,
-    decode_registers=decode_registers,
-    kernel=S390xKernel(),
-    s390_dump=True,
-)
+# EM_S390 = 22; its memory images can also be shown as dump.s390
+ARCH = Arch("s390x", "big", 22, 4096, decode_registers, kernel=S390xKernel(), s390_dump=True)
 
 
 # -- the store-status save area in a CPU's prefix (lowcore) page --------------------------

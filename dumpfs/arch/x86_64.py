@@ -112,11 +112,5 @@ class X86_64Kernel(KernelArch):
         return UserRegs.build(words + segments)
 
 
-ARCH = Arch(
-    name="x86_64",
-    byteorder="little",
-    elf_machine=62,
-    page_size=4096,
-    decode_registers=decode_registers,
-    kernel=X86_64Kernel(),
-)
+# EM_X86_64 = 62
+ARCH = Arch("x86_64", "little", 62, 4096, decode_registers, kernel=X86_64Kernel())

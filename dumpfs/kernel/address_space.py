@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from dumpfs.errors import MemoryUnavailable, TranslationError
+from dumpfs.model import PageCache
 
 if TYPE_CHECKING:
     from dumpfs.model import Dump
@@ -32,23 +33,15 @@ class TableCache:
 
     def __init__(self, dump: Dump, capacity: int = 512, page_size: int = 4096):
         self.dump = dump
-        self.capacity = capacity
         self.page_size = page_size
-        self._pages: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._pages = PageCache(capacity)
 
     def page(self, address: int) -> bytes:
         base = address - address % self.page_size
-        with self._lock:
-            data = self._pages.get(base)
-            if data is not None:
-                self._pages.move_to_end(base)
-                return data
-        data = self.dump.read_physical(base, self.page_size)
-        with self._lock:
-            self._pages[base] = data
-            while len(self._pages) > self.capacity:
-                self._pages.popitem(last=False)
+        data = self._pages.get(base)
+        if data is None:
+            data = self.dump.read_physical(base, self.page_size)
+            self._pages.put(base, data)
         return data
 
     def entry(self, address: int, fmt: str) -> int:

@@ -17,7 +17,7 @@ PT_LOAD, so a reader is told they are absent instead of shown invented zeros.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_headers, core_headers_size
 from dumpfs.elfnote import build_note
@@ -34,10 +34,8 @@ from dumpfs.views.extents import lazy_extent_file
 DATA_ALIGNMENT = 1 << 20
 
 
-@dataclass(frozen=True)
-class LoadSegment:
-    """One PT_LOAD: physical start, bytes stored in the file, bytes in memory."""
-
+class LoadSegment(NamedTuple):
+    """One PT_LOAD: physical start, bytes stored in the file, bytes in memory, its chunks."""
     start: int
     filesz: int
     memsz: int
