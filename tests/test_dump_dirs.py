@@ -13,10 +13,8 @@ import errno
 import hashlib
 import json
 import os
-import pwd
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +23,11 @@ import pytest
 
 import fixturecache as fc
 from conftest import is_mounted, run_dumpfs, track_mount, unmount
+from test_access_lifecycle import read_as_nobody
 from test_mount import parse_registers
 
 HOST = "host-2026-12-01-10:00"
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "x86_64-lzo-d31.kdump"
-NOBODY = pwd.getpwnam("nobody")
 APPEAR_SECONDS = 10         # rescans every 0.5 s, the kernel keeps names 1 s: generous
 
 
@@ -177,15 +175,6 @@ def test_manifests_name_dumps_elsewhere(sources, tmp_path, mountpoint):
     assert "kdump" in (mountpoint / "relative" / "info").read_text()
     assert os.listdir(mountpoint / "empty") == ["info"]
     assert "names one dump" in (mountpoint / "empty" / "info").read_text()
-
-
-def read_as_nobody(path: Path) -> subprocess.CompletedProcess:
-    def drop():
-        os.setgroups([])
-        os.setgid(NOBODY.pw_gid)
-        os.setuid(NOBODY.pw_uid)
-    return subprocess.run(["head", "-c", "64", str(path)], capture_output=True, preexec_fn=drop,
-                          timeout=60)
 
 
 def test_each_folder_has_the_access_of_its_dump():
