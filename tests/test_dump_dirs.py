@@ -10,6 +10,7 @@ mounted come and go without remounting.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -235,3 +236,16 @@ def test_refused_with_a_directory(sources, tmp_path, mountpoint, extra, message)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr, done.stderr
     assert not is_mounted(mountpoint)
+
+
+def test_compressed_dumps_are_found_through_the_compression(sources, mount, tmp_path, mountpoint):
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    os.symlink(fc.FIXTURES / "x86_64-custom" / "mkdf-lzo-d31.kdump.xz", directory / "lzo.kdump.xz")
+    (directory / "notes.txt.gz").write_bytes(gzip.compress(b"no dump in here\n" * 100))
+    mount_dir(directory, mountpoint)
+    assert os.listdir(mountpoint) == ["lzo.kdump.xz"]
+    folder = mountpoint / "lzo.kdump.xz"
+    assert registers(folder) == registers(mount(sources["late"]))
+    container = json.loads((folder / "info.json").read_text())["details"]["container"]
+    assert container.startswith(f"lzo.kdump.xz in the dump directory {directory}; xz, "), container
