@@ -249,3 +249,15 @@ def test_compressed_dumps_are_found_through_the_compression(sources, mount, tmp_
     assert registers(folder) == registers(mount(sources["late"]))
     container = json.loads((folder / "info.json").read_text())["details"]["container"]
     assert container.startswith(f"lzo.kdump.xz in the dump directory {directory}; xz, "), container
+
+
+def test_an_empty_directory_mounts_empty_and_fills_up(sources, tmp_path, mountpoint):
+    """/var/crash before the first crash: mounted at boot, the dump shows up when written."""
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    mount_dir(directory, mountpoint)
+    assert os.listdir(mountpoint) == []
+    os.symlink(sources["elf"], directory / "vmcore")
+    wait_for(lambda: os.listdir(mountpoint) == ["vmcore"], "the new dump is not listed")
+    assert (mountpoint / "vmcore" / "vmcore").read_bytes()[:4] == b"\x7fELF"
+
