@@ -37,7 +37,6 @@ PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
-MAX_TRUNCATION_PROBES = 16      # descriptor reads spent looking for the last non-zero page
 MAX_SHARED_ZERO_PAGES = 16      # data offsets remembered as "the shared zero page"
 
 # status (main header) and page_desc.flags bits
@@ -426,32 +425,41 @@ class KdumpPages:
     # memory map
 
     def chunks(self) -> list[MemoryChunk]:
-        """Present runs (2nd bitmap), excluded runs (1st but not 2nd); pfns in neither are holes."""
+        """Present runs (2nd bitmap), excluded runs (1st but not 2nd); pfns in neither are holes.
+
+        A present page whose descriptor or data lies past the end of a cut file is MISSING,
+        so the map and `info` count exactly the pages that cannot be read."""
         present, excluded = self._scan_bitmaps()
         shift = self.page_shift
-        usable = max(0, (self.source.size - self.table_start) // PAGE_DESC_SIZE)
+        count = sum(end - start for start, end in present)
+        lost = self._lost_descriptors(count)
         chunks: list[MemoryChunk] = []
         descriptor = 0
-        lost_pages = 0
+        lost_index = 0
         for start, end in present:
-            have = min(end - start, max(0, usable - descriptor))
-            if have:
-                chunks.append(MemoryChunk(start << shift, have << shift, PageState.PRESENT,
-                                          self._reader(start, descriptor)))
-            if have < end - start:
-                # descriptors past the end of the file: unknown content, as in a cut ELF
-                chunks.append(MemoryChunk((start + have) << shift, (end - start - have) << shift,
-                                          PageState.MISSING))
-                lost_pages += end - start - have
+            pfn = start
+            while pfn < end:
+                index = descriptor + pfn - start
+                while lost_index < len(lost) and lost[lost_index][1] <= index:
+                    lost_index += 1
+                if lost_index < len(lost) and lost[lost_index][0] <= index:
+                    stop = min(end, start + lost[lost_index][1] - descriptor)
+                    chunks.append(MemoryChunk(pfn << shift, (stop - pfn) << shift, PageState.MISSING))
+                else:
+                    stop = end
+                    if lost_index < len(lost):
+                        stop = min(end, start + lost[lost_index][0] - descriptor)
+                    chunks.append(MemoryChunk(pfn << shift, (stop - pfn) << shift, PageState.PRESENT,
+                                              self._reader(pfn, index)))
+                pfn = stop
             descriptor += end - start
         for start, end in excluded:
             chunks.append(MemoryChunk(start << shift, (end - start) << shift, PageState.EXCLUDED))
-        self.meta.details["dumpable_pages"] = descriptor
+        self.meta.details["dumpable_pages"] = count
+        lost_pages = sum(end - start for start, end in lost)
         if lost_pages:
-            self._problem(f"truncated: the page descriptors of {lost_pages} pages lie past the end "
-                          f"of the file; those pages are unreadable")
-        elif descriptor:
-            self._check_last_page(descriptor - 1)
+            self._problem(f"truncated: the file ends at {self.source.size:#x}; the descriptors or "
+                          f"data of {lost_pages} pages lie past it: those pages are missing")
         return chunks
 
     def _scan_bitmaps(self):
@@ -471,29 +479,36 @@ class KdumpPages:
         bounds = (self.first_pfn, self.end_pfn)
         return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
 
-    def _check_last_page(self, descriptor: int) -> None:
-        """Does the file hold the data of the last page written?  A cut file does not.
+    def _lost_descriptors(self, count: int) -> list[tuple[int, int]]:
+        """Runs [first, end) of descriptor indices whose page the file cannot deliver: the
+        descriptor lies past the end of the file, or its data does (or is corrupt).
 
-        Data is written in pfn order, but zero pages all point at one shared copy at
-        the start of the data area, so look back past those for the last real page.
-        """
-        shared_zero_page = self.table_start + (descriptor + 1) * PAGE_DESC_SIZE
-        end = descriptor + 1
-        for _ in range(MAX_TRUNCATION_PROBES):
+        Data is written in pfn order, except that zero pages all point at one shared copy
+        at the start of the data area; so the table is read backwards from its end until
+        the last page whose own data the file holds, and every descriptor after that one
+        is checked (the cost is that of the lost tail only)."""
+        file_size, block_size = self.source.size, self.block_size
+        usable = min(count, max(0, (file_size - self.table_start) // PAGE_DESC_SIZE))
+        lost: list[tuple[int, int]] = [(usable, count)] if usable < count else []
+        shared_zero_page = self.table_start + count * PAGE_DESC_SIZE
+        end = usable
+        while end > 0:
             start = max(0, end - MAX_PAGES_PER_BATCH * 16)
             table = self.source.read(self.table_start + start * PAGE_DESC_SIZE,
                                      (end - start) * PAGE_DESC_SIZE)
-            for offset, size, _flags, _ in reversed(list(self.page_desc.iter_unpack(table))):
-                if offset == shared_zero_page:
+            descriptors = list(self.page_desc.iter_unpack(table))
+            for index in range(end - 1, start - 1, -1):
+                offset, size, _flags, _ = descriptors[index - start]
+                if 0 <= offset and 0 < size <= block_size and offset + size <= file_size:
+                    if offset != shared_zero_page:
+                        return sorted(lost)
                     continue
-                if offset + size > self.source.size:
-                    self._problem(f"truncated: page data should reach {offset + size:#x}, the file "
-                                  f"ends at {self.source.size:#x}; pages whose data is missing are "
-                                  f"unreadable")
-                return
-            if start == 0:
-                return
+                if lost and lost[-1][0] == index + 1:
+                    lost[-1] = (index, lost[-1][1])
+                else:
+                    lost.append((index, index + 1))
             end = start
+        return sorted(lost)
 
     def _problem(self, text: str) -> None:
         self.meta.add_problem(text)

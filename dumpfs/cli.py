@@ -123,12 +123,15 @@ def _check_mountpoint(path: str) -> str:
     return os.path.abspath(path)
 
 
-# -o options dumpfs handles itself (libfuse's low-level API has no uid/gid/umask)
-OWN_OPTIONS = ("direct_io", "uid", "gid", "umask")
+# -o options dumpfs handles itself (libfuse's low-level API has no uid/gid/umask;
+# zero_excluded is crash's name for reading the pages a dump lacks as zeros)
+OWN_OPTIONS = ("direct_io", "zero_excluded", "uid", "gid", "umask")
+FLAG_OPTIONS = ("direct_io", "zero_excluded")
 
 
 def _mount_options(groups: list[str]) -> tuple[list[str], dict[str, object]]:
-    """(options for libfuse, dumpfs' own: direct_io, uid, gid, umask) from the -o arguments."""
+    """(options for libfuse, dumpfs' own: direct_io, zero_excluded, uid, gid, umask) from
+    the -o arguments."""
     fuse_options, own = [], {}
     for option in (o.strip() for group in groups for o in group.split(",")):
         key, _, value = option.partition("=")
@@ -136,7 +139,9 @@ def _mount_options(groups: list[str]) -> tuple[list[str], dict[str, object]]:
             if option:
                 fuse_options.append(option)
             continue
-        if key == "direct_io":
+        if key in FLAG_OPTIONS:
+            if value:
+                raise Failure(f"-o {key} takes no value", USAGE)
             own[key] = True
         elif not value:
             raise Failure(f"-o {key} needs a value ({key}=...)", USAGE)
@@ -213,13 +218,14 @@ def _build_root(dumps: list, contexts: list, paths: list[str], own: dict | None 
     from dumpfs.tree import Access, Dir
     from dumpfs.views import build_tree
     own = own or {}
+    zero_holes = bool(own.get("zero_excluded"))
     if len(dumps) == 1:
-        root = build_tree(dumps[0], contexts[0])
+        root = build_tree(dumps[0], contexts[0], zero_holes=zero_holes)
         root.access = _dump_access(dumps[0], own)
         return root
     folders = []
     for dump, context, name in zip(dumps, contexts, _unique_names(paths)):
-        folder = build_tree(dump, context, name)
+        folder = build_tree(dump, context, name, zero_holes=zero_holes)
         folder.access = _dump_access(dump, own)
         folders.append(folder)
     return Dir("", folders, access=Access(own.get("uid", os.getuid()), own.get("gid", os.getgid()),
@@ -258,7 +264,8 @@ def _dump_dir_root(path: str, args, own: dict):
                 dump.close()
             raise Unsupported(f"{found.location}: holds {len(dumps)} dumps, not one")
         try:
-            return dumps[0], build_tree(dumps[0], _fitting_context(dumps[0], args))
+            return dumps[0], build_tree(dumps[0], _fitting_context(dumps[0], args),
+                                        zero_holes=bool(own.get("zero_excluded")))
         except BaseException:
             dumps[0].close()
             raise
@@ -632,7 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, e.g. allow_other (needs user_allow_other in "
                         "/etc/fuse.conf for non-root users); direct_io bypasses the page "
-                        "cache (slower for tools that re-read pages)")
+                        "cache (slower for tools that re-read pages); zero_excluded reads "
+                        "the pages the dump lacks (excluded, missing, unmapped) in memory/ "
+                        "and proc/PID/ as zeros (memory/map and proc/PID/regions/map list "
+                        "them), so cp, rsync and tar copy every file whole; uid=, gid=, "
+                        "umask= set owner and mode")
     p.add_argument("--partial", action="store_true",
                    help="mount a multi-volume dump even with volumes missing (their memory "
                         "reads as missing)")

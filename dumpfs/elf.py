@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from construct import Bytes, Const, Int8ub, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub, Int64ul, Struct
 
 PT_LOAD = 1
@@ -49,3 +51,26 @@ Elf64Header = {"little": _elf64_header(Int16ul, Int32ul, Int64ul),
 PHDR_FORMAT = "IIQQQQQQ"    # p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
 SHDR_FORMAT = "IIQQQQIIQQ"  # sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link sh_info sh_addralign sh_entsize
 SHDR_INFO_OFFSET = 44       # sh_info within Elf64_Shdr
+
+
+def core_headers_size(phnum: int) -> int:
+    """Bytes of the ELF header, `phnum` program headers and (past PN_XNUM - 1) section header 0."""
+    return EHDR_SIZE + PHDR_SIZE * phnum + (SHDR_SIZE if phnum >= PN_XNUM else 0)
+
+
+def core_headers(byteorder: str, machine: int, phdrs: list[bytes]) -> bytes:
+    """An ET_CORE ELF header followed by `phdrs`; from PN_XNUM program headers on, the real
+    count lives in section header 0's sh_info (written right after them)."""
+    prefix = "<" if byteorder == "little" else ">"
+    phnum = len(phdrs)
+    xnum = phnum >= PN_XNUM
+    ehdr = Elf64Header[byteorder].build(dict(
+        e_ident=b"\x7fELF" + bytes([2, 1 if byteorder == "little" else 2, 1]) + bytes(9),
+        e_type=ET_CORE, e_machine=machine, e_version=1, e_entry=0,
+        e_phoff=EHDR_SIZE, e_shoff=EHDR_SIZE + PHDR_SIZE * phnum if xnum else 0, e_flags=0,
+        e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE, e_phnum=PN_XNUM if xnum else phnum,
+        e_shentsize=SHDR_SIZE if xnum else 0, e_shnum=1 if xnum else 0, e_shstrndx=0))
+    header = ehdr + b"".join(phdrs)
+    if xnum:
+        header += struct.pack(prefix + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
+    return header

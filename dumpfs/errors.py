@@ -74,10 +74,14 @@ class MemoryUnavailable(Unavailable):
 
 
 class TranslationError(MemoryUnavailable):
-    """A virtual address that has no physical page (not mapped, or the tables are unreadable)."""
+    """A virtual address that has no physical page (not mapped, or the tables are unreadable).
 
-    def __init__(self, address: int, reason: str):
+    `unmapped_until`: where a walk stopped at an invalid upper-level entry, every address
+    from this one up to there is unmapped too, so a scan of a mapping can skip the span."""
+
+    def __init__(self, address: int, reason: str, unmapped_until: int | None = None):
         super().__init__(address, reason, virtual=True)
+        self.unmapped_until = unmapped_until
 
 
 class KernelUnavailable(Unavailable):

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 FOREVER = 365 * 24 * 3600.0     # attr/entry timeout: nothing in a dump's tree ever changes
 WORKER_THREADS = 8              # concurrent blocking reads per mount
 BLOCK_SIZE = 1 << 20            # st_blksize: preferred I/O size, one readahead request
+EXACT_BLOCK_SIZE = 4096         # st_blksize of files read whole-or-EIO: a buffered reader
+                                # (Python's open()) then asks for the page it needs, not for
+                                # a megabyte that may touch a hole
 
 # Page cache, not direct_io.  Measured (README "Performance") on the mounted `vmcore`
 # of x86_64-custom/qemu-elf.vmcore (272 MiB, ELF backend):
@@ -116,6 +119,7 @@ class Operations(pyfuse3.Operations):
         self._default_access = Access(os.getuid(), os.getgid(), 0o444)
         self._access: dict[int, Access] = {pyfuse3.ROOT_INODE: root.access or self._default_access}
         self._timeouts: dict[int, float] = {}   # entries of a Dir with `expires`: its timeout
+        self._direct: set[int] = set()      # files whose size failed: served with direct_io
         self.after_init: Callable[[], None] | None = None   # run once, on the first request
 
     # -- helpers ---------------------------------------------------------
@@ -163,34 +167,33 @@ class Operations(pyfuse3.Operations):
         return access.uid, access.gid, stat.S_IFREG | access.file_mode
 
     def _make_attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        """Attributes of `node`; may compute a lazy File.size, so call it in a worker thread."""
+        """Attributes of `node`; may compute a lazy File.size, so call it in a worker thread.
+
+        A file whose size cannot be computed is still listed and stat-able: size 0, opened
+        with direct_io so that its reads reach us and fail with the reason (lookups never
+        fail for data reasons; the dump never changes, so neither will the answer)."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inode_of(node)
         attr.generation = 0
         attr.entry_timeout = attr.attr_timeout = self._timeouts.get(attr.st_ino, FOREVER)
         attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
-        attr.st_blksize = BLOCK_SIZE
+        attr.st_blksize = EXACT_BLOCK_SIZE if getattr(node, "exact_reads", False) else BLOCK_SIZE
+        attr.st_blocks = 0
         if isinstance(node, Dir):
             attr.st_nlink = 2
             attr.st_size = 0
         else:
             attr.st_nlink = 1
-            attr.st_size = node.size
-        attr.st_blocks = (attr.st_size + 511) // 512
+            try:
+                attr.st_size = node.size
+                attr.st_blocks = (node.stored + 511) // 512
+            except Exception as exc:    # noqa: BLE001 - the read will say what is wrong
+                self._log_failure("getattr", (attr.st_ino,), exc, _errno_of(exc))
+                attr.st_size = 0
+                self._direct.add(attr.st_ino)
         mtime = getattr(node, "mtime", None)
         ns = int(mtime * 1e9) if mtime is not None else self._mount_time_ns
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = ns
-        return attr
-
-    def _unknown_attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        """Attributes for a node whose size cannot be computed: listed, never cached,
-        so the next lookup or stat asks again and gets the error."""
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = self.inode_of(node)
-        attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
-        attr.st_nlink = 1
-        attr.entry_timeout = attr.attr_timeout = 0
-        self._nodes[attr.st_ino] = node
         return attr
 
     async def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -249,11 +252,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         for index in range(start_id, len(entries)):
             name, child = entries[index]
-            try:
-                attr = await self._attr(child)
-            except Exception as exc:    # noqa: BLE001 - list it anyway; stat will say EIO
-                self._log_failure("readdir", (self.inode_of(child),), exc, _errno_of(exc))
-                attr = self._unknown_attr(child)
+            attr = await self._attr(child)
             if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                 break
 
@@ -269,8 +268,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        # fh is the inode: files carry no per-open state
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True, direct_io=self.direct_io)
+        # fh is the inode: files carry no per-open state.  Files without a size (mem) and
+        # files whose holes fail reads are direct_io: the kernel then passes each read as
+        # asked (past size 0 too) and returns our whole answer or our error, never a prefix
+        direct = self.direct_io or node.unsized or node.exact_reads or inode in self._direct
+        return pyfuse3.FileInfo(fh=inode, keep_cache=not direct, direct_io=direct)
 
     @_guard
     async def read(self, fh, off, size):

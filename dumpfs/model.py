@@ -67,6 +67,9 @@ _UNREADABLE = {
     PageState.MISSING: Unreadable("missing: the dump is truncated or incomplete there"),
 }
 NOT_IN_DUMP = Unreadable("not in the dump")
+HOLES = (PageState.EXCLUDED, PageState.MISSING)
+"""States of the pages a dump cannot deliver: the holes of the files that show memory."""
+GAP_STEP = 4096     # read_zero_filled's step through addresses in no chunk (the smallest page)
 ADDRESS_SPACE = 1 << 64
 
 
@@ -188,6 +191,33 @@ class Memory:
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""
         return (self._file or self._layout()).read(address, size)
+
+    def hole_at(self, address: int) -> PageState | None:
+        """The state of `address` when the dump cannot deliver it (EXCLUDED, MISSING; an address
+        in no chunk is MISSING), else None."""
+        chunk = self.chunk_at(address)
+        if chunk is None:
+            return PageState.MISSING
+        return chunk.state if chunk.state in HOLES else None
+
+    def read_zero_filled(self, address: int, size: int) -> bytes:
+        """Like read_physical, but excluded and missing bytes (and those in no chunk) read as
+        zeros, as crash's --zero_excluded does; data that is there but cannot be decoded
+        still raises."""
+        parts = []
+        end = address + size
+        while address < end:
+            chunk = self.chunk_at(address)
+            if chunk is None:               # in no chunk: zeros up to the next 4 KiB boundary
+                stop = min(end, address - address % GAP_STEP + GAP_STEP)
+            else:
+                stop = min(end, chunk.end)
+            if chunk is None or chunk.state in HOLES:
+                parts.append(bytes(stop - address))
+            else:
+                parts.append(self.read_physical(address, stop - address))
+            address = stop
+        return b"".join(parts)
 
 
 @dataclass

@@ -50,12 +50,22 @@ class File(Node):
     """A read-only file: `size` and `read(offset, length)` (may raise OSError, e.g. EIO).
 
     `size` may be a callable, evaluated on first use (e.g. a vmcore whose
-    layout needs the memory map).
+    layout needs the memory map).  A size that cannot be computed never hides
+    the file: it is listed and stat-able (size 0, `unsized`), and only its
+    read fails, with the reason.
+
+    `unsized`: like /proc/PID/mem, the size is 0 and reads at any offset reach
+    `read` (a sparse address space is no file length to copy).
+    `exact_reads`: each read is answered whole or fails whole (no page cache
+    splitting it into pages), so a hole fails only the requests that touch it
+    and never shortens one: `dd conv=noerror,sync` keeps its offsets.
+    `stored`: bytes the file really holds, for st_blocks (default: its size).
     """
 
     def __init__(self, name: str, size: int | Callable[[], int],
                  read: Callable[[int, int], bytes], mtime: float | None = None,
-                 inline: bool = False):
+                 inline: bool = False, unsized: bool = False, exact_reads: bool = False,
+                 stored: int | Callable[[], int] | None = None):
         super().__init__(name)
         self._size = size
         self._read = read
@@ -63,16 +73,36 @@ class File(Node):
         self.inline = inline
         """Reads are mostly copies from the page cache: worth trying without waiting
         (dumpfs.model.without_waiting) before handing them to a worker thread."""
+        self.unsized = unsized
+        self.exact_reads = exact_reads
+        self._stored = stored
 
     @property
     def size(self) -> int:
+        if self.unsized:
+            return 0
         if callable(self._size):
             self._size = self._size()
         return self._size
 
+    @property
+    def stored(self) -> int:
+        """Bytes the file holds (st_blocks): 0 for an unsized file, else `stored` or the size."""
+        if self.unsized:
+            return 0
+        if self._stored is None:
+            return self.size
+        if callable(self._stored):
+            self._stored = self._stored()
+        return self._stored
+
     def read(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if self.unsized:
+            return self._read(offset, length)
         size = self.size
-        if offset >= size or length <= 0:
+        if offset >= size:
             return b""
         return self._read(offset, min(length, size - offset))
 

@@ -83,3 +83,29 @@ def overlaid(read: ChunkReader, patches: Mapping[int, bytes], base: int = 0) -> 
                 data[lo - address:hi - address] = value[lo - where:hi - where]
         return bytes(data)
     return read_patched
+
+
+def excluding(dump: Dump, pages: Iterable[int]) -> Dump:
+    """A copy of `dump` whose physical pages at `pages` (any address in each) are EXCLUDED, as
+    a filtering dump writer (makedumpfile -d) leaves pages out."""
+    size = dump.page_size
+    cut = sorted({page - page % size for page in pages})
+    chunks = []
+    for chunk in dump.memory:
+        start = chunk.start
+        for page in [p for p in cut if chunk.start <= p < chunk.end] + [chunk.end]:
+            if start < page:
+                chunks.append(_piece(chunk, start, page))
+            if page < chunk.end:
+                chunks.append(MemoryChunk(page, min(size, chunk.end - page), PageState.EXCLUDED))
+            start = page + size
+    return replace(dump, memory=Memory(chunks), meta=replace(dump.meta, problems=[], details={}))
+
+
+def _piece(chunk: MemoryChunk, start: int, end: int) -> MemoryChunk:
+    """The part [start, end) of `chunk`."""
+    if chunk.state is not PageState.PRESENT:
+        return MemoryChunk(start, end - start, chunk.state)
+    skip = start - chunk.start
+    return MemoryChunk(start, end - start, PageState.PRESENT,
+                       lambda offset, length: chunk.read(offset + skip, length))

@@ -82,7 +82,8 @@ class DatSpace(AddressSpace):
             entry = self._entry(address, name, table + index * 8)
             if dt > 0:
                 if entry & _REGION_ENTRY_INVALID:
-                    raise TranslationError(address, f"not mapped ({name} entry {entry:#x} invalid)")
+                    raise TranslationError(address, f"not mapped ({name} entry {entry:#x} invalid)",
+                                           unmapped_until=(address | ((1 << shift) - 1)) + 1)
                 if (entry & _REGION_ENTRY_TYPE_MASK) >> 2 != dt:
                     raise TranslationError(address, f"{name} entry {entry:#x} has the wrong table type")
                 if dt == 1 and entry & _REGION3_ENTRY_LARGE:
@@ -95,7 +96,8 @@ class DatSpace(AddressSpace):
                 continue
             # segment-table entry
             if entry & _SEGMENT_ENTRY_INVALID:
-                raise TranslationError(address, f"not mapped (segment entry {entry:#x} invalid)")
+                raise TranslationError(address, f"not mapped (segment entry {entry:#x} invalid)",
+                                       unmapped_until=(address | ((1 << shift) - 1)) + 1)
             if entry & _SEGMENT_ENTRY_TYPE_MASK:
                 raise TranslationError(address, f"segment entry {entry:#x} has the wrong table type")
             if entry & _SEGMENT_ENTRY_LARGE:

@@ -54,7 +54,8 @@ class X86_64Paging(AddressSpace):
                 raise TranslationError(address, f"{name} table entry at physical {slot:#x} "
                                                 f"unreadable: {exc.reason}") from None
             if not entry & _PAGE_PRESENT:
-                raise TranslationError(address, f"not mapped ({name} entry {entry:#x} not present)")
+                raise TranslationError(address, f"not mapped ({name} entry {entry:#x} not present)",
+                                       unmapped_until=(address | ((1 << shift) - 1)) + 1)
             if shift in (30, 21) and entry & _PAGE_PSE:
                 size = 1 << shift
                 offset = address & (size - 1)

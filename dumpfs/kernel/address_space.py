@@ -149,6 +149,21 @@ class KernelMemory:
             address += length
         return b"".join(parts)
 
+    def read_with_holes(self, address: int, size: int) -> tuple[bytes, list[tuple[int, int, str]]]:
+        """`size` bytes at `address`, a page that cannot be read as zeros; and those pages as
+        (offset, length, why) - so a caller can use what it needs of a partly readable range."""
+        parts, holes = [], []
+        offset = 0
+        while offset < size:
+            length = min(size - offset, self.page_size - (address + offset) % self.page_size)
+            try:
+                parts.append(self.read(address + offset, length))
+            except MemoryUnavailable as exc:
+                parts.append(bytes(length))
+                holes.append((offset, length, str(exc)))
+            offset += length
+        return b"".join(parts), holes
+
     def try_read(self, address: int, size: int) -> bytes | None:
         try:
             return self.read(address, size)

@@ -16,7 +16,7 @@ from dumpfs.kernel.address_space import KernelMemory, kernel_memory
 from dumpfs.kernel.btf import btf_from_memory
 from dumpfs.kernel.printk import KernelLog, read_kernel_log
 from dumpfs.kernel.symbols import SymbolTable, kernel_symbols
-from dumpfs.kernel.tasks import TaskWalker
+from dumpfs.kernel.tasks import TaskList, TaskWalker
 from dumpfs.kernel.types import Types
 from dumpfs.kernel.types_source import kernel_types
 from dumpfs.kernel.utsname import Utsname, read_utsname
@@ -164,6 +164,18 @@ class KernelContext:
                 self.notes.append(f"processes: {exc}")
                 raise KernelUnavailable(f"processes cannot be listed: {exc}") from None
         return self._once("tasks", compute, problem=False)
+
+    @property
+    def task_list(self) -> TaskList:
+        """One walk of the tasks (the task list both ways, the pid IDR): how it went is noted,
+        each task that could not be read is a problem, named with the reason."""
+        def compute():
+            found = self.tasks.walk()
+            self.notes.extend(f"processes: {note}" for note in found.notes)
+            for text in found.unreadable:
+                self._problem(f"processes: a task cannot be read: {text}")
+            return found
+        return self._once("task list", compute, problem=False)
 
     def processes_status(self) -> str:
         """For `info`: where the task list's types come from, or why there are no processes."""

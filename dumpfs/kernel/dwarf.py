@@ -40,12 +40,13 @@ WANTED_STRUCTS = (
     "maple_arange_64", "maple_metadata", "vm_area_struct", "file", "path", "dentry", "qstr",
     "inode", "super_block", "cred", "signal_struct", "vfsmount", "mount",
     "vm_special_mapping", "pt_regs", "thread_struct", "rb_root", "rb_node",
+    "pid", "upid", "pid_namespace", "idr", "xa_node",      # the pid IDR (crash's `ps` route)
 )
 WANTED_ENUMS = ("maple_type",)
 # compile units that define the wanted types completely: kernel/fork.c (tasks, mm, files,
 # creds, registers), lib/maple_tree.c (6.1+ maple nodes), fs/namespace.c (the fs-private
-# struct mount), mm/mmap.c (vm_special_mapping)
-HINT_UNITS = ("kernel/fork.c", "lib/maple_tree.c", "fs/namespace.c", "mm/mmap.c")
+# struct mount), mm/mmap.c (vm_special_mapping), kernel/pid.c (the pid IDR's nodes)
+HINT_UNITS = ("kernel/fork.c", "lib/maple_tree.c", "fs/namespace.c", "mm/mmap.c", "kernel/pid.c")
 # how many other units a name missing from the hint units is looked for in
 MAX_EXTRA_UNITS = 48
 

@@ -24,8 +24,29 @@ def _utsname(context: KernelContext):
         return None
 
 
+def _tasks(context: KernelContext) -> dict | None:
+    """Tasks shown and those that could not be read (named, with why); None without processes."""
+    try:
+        found = context.task_list
+    except KernelUnavailable:
+        return None
+    return {"shown": found.task_count, "processes": len(found.processes),
+            "unreadable": list(found.unreadable)}
+
+
+def _tasks_text(tasks: dict | None) -> str:
+    if tasks is None:
+        return "none (see Processes)"
+    text = f"{tasks['shown']} shown ({tasks['processes']} processes), "
+    if not tasks["unreadable"]:
+        return text + "none unreadable"
+    return text + f"{len(tasks['unreadable'])} could not be read (see Problems)"
+
+
 def info_json(dump: Dump, context: KernelContext) -> dict:
     meta = dump.meta
+    processes = context.processes_status()
+    tasks = _tasks(context)         # before the problems: a task not shown is one
     memory = dump.memory
     uts = _utsname(context)
     details = meta.details
@@ -43,7 +64,8 @@ def info_json(dump: Dump, context: KernelContext) -> dict:
         "utsname": dataclasses.asdict(uts) if uts else None,
         "dump_level": meta.dump_level,
         "compression": meta.compression,
-        "processes": context.processes_status(),
+        "processes": processes,
+        "tasks": tasks,
         "cpu_count": len(dump.cpus),
         "cpus": sorted(dump.cpus),
         "vmcoreinfo": meta.details.get("vmcoreinfo", "absent" if dump.vmcoreinfo is None else "note"),
@@ -77,6 +99,7 @@ def info_text(dump: Dump, context: KernelContext) -> str:
         ("Page size", str(info["page_size"])),
         ("CPU count", str(info["cpu_count"])),
         ("Processes", info["processes"]),
+        ("Tasks", _tasks_text(info["tasks"])),
         ("Dump memory range", _mib(memory["end"])),
         ("Memory present", _mib(memory["present_bytes"])),
         ("Memory zero", _mib(memory["zero_bytes"])),

@@ -3,7 +3,8 @@
     kernel/log        the printk buffer as `dmesg` prints it ("[    1.029887] text")
     kernel/release    the kernel release ("6.1.192-dumpfs")
     kernel/symbols    System.map-style "ffffffff81000000 T _stext" lines (type "?" when unknown)
-    kernel/sources    how the address space, symbols, log and types were found, and what is missing
+    kernel/sources    how the address space, symbols, log, types and tasks were found, and what
+                      is missing (each task that cannot be read, with why)
 
 A file whose content cannot be computed fails with EIO on stat and read; the
 reason is in `kernel/sources` and in `info`'s problems.
@@ -20,7 +21,7 @@ def kernel_dir(context: KernelContext) -> Dir:
     """The kernel/ folder of the context's dump."""
     def sources() -> bytes:
         # touch every part so that the notes and problems are complete
-        for part in ("memory", "symbols", "log", "release", "types"):
+        for part in ("memory", "symbols", "log", "release", "types", "task_list"):
             try:
                 getattr(context, part)
             except KernelUnavailable:

@@ -1,14 +1,23 @@
 """proc/: the dumped machine's processes, shaped like /proc.
 
     proc/<pid>/comm, cmdline, environ, status, maps      as /proc shows them
-    proc/<pid>/mem          the user address space, sparse at virtual offsets (size: the
-                            top of user space); unmapped or absent pages read EIO
+    proc/<pid>/mem          the user address space at virtual offsets; size 0 like
+                            /proc/PID/mem (reads at any offset work)
     proc/<pid>/core         an ELF core gdb loads: NT_PRSTATUS per thread (user registers
                             from pt_regs at the top of each kernel stack), NT_PRPSINFO,
-                            NT_AUXV, NT_FILE, one PT_LOAD per VMA (absent pages: zeros)
+                            NT_AUXV, NT_FILE, one PT_LOAD per run of pages the dump holds
+                            (absent pages are in none, so gdb calls them unavailable)
     proc/<pid>/regions/<start>-<end>   one file per mapping
+    proc/<pid>/regions/map  every run of the mappings' pages, as memory/map lists chunks:
+                            `start-end state size`, state present, unmapped, excluded
+                            or missing
     proc/<pid>/task/<tid>/  comm, status, stat of each thread
     proc/unavailable        instead of the processes, when they cannot be listed: why
+
+Holes (pages of a mapping that are unmapped, excluded or missing) read EIO from
+`regions/` (each read whole) and `mem`; with `zero_holes` (the zero_excluded
+mount option) they read as zeros, and regions/map says where.  Outside every
+mapping `mem` always reads EIO, as /proc/PID/mem does.
 
 Kernel threads have no memory files.  Nothing is read before it is listed:
 proc/ walks the task list on first listing, a process's folder reads its
@@ -20,19 +29,20 @@ from __future__ import annotations
 import errno
 import struct
 import threading
+from bisect import bisect_right
 from functools import cached_property
 
 from dumpfs.arch import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
-from dumpfs.elf import ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_SIZE, PT_LOAD, PT_NOTE, EHDR_SIZE, \
-    Elf64Header
+from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_headers, core_headers_size
 from dumpfs.elfnote import build_note
-from dumpfs.errors import KernelUnavailable, MemoryUnavailable, WalkError
+from dumpfs.errors import KernelUnavailable, MemoryUnavailable, TranslationError, WalkError
 from dumpfs.kernel.context import KernelContext
-from dumpfs.kernel.mm import MmWalker
+from dumpfs.kernel.mm import MAX_ARGS, MmWalker
 from dumpfs.kernel.tasks import Task
 from dumpfs.model import Note
 from dumpfs.tree import Dir, File
 from dumpfs.extents import Extent, ExtentFile
+from dumpfs.views.memory import range_line
 
 ERRORS = (KernelUnavailable, MemoryUnavailable)     # WalkError is a KernelUnavailable
 
@@ -53,6 +63,7 @@ class Process:
         self.procs = procs
         self.task = task
         self._lock = threading.RLock()
+        self._runs: dict[int, list] = {}     # VMA start -> page_runs
 
     @cached_property
     def threads(self) -> list[Task]:
@@ -77,10 +88,6 @@ class Process:
             raise WalkError(f"pid {self.task.pid}: {problem}")
         return vmas
 
-    @property
-    def task_size(self) -> int:
-        return self.procs.mm_walker.task_size(self.mm)
-
     # -- /proc-style texts ----------------------------------------------------
     def user_range(self, start_key: str, end_key: str) -> bytes:
         return self.procs.mm_walker.read_range(self.umem, self.mm[start_key], self.mm[end_key])
@@ -98,23 +105,76 @@ class Process:
         would take one for the end of the file)."""
         try:
             return self.umem.read(address, length)
-        except MemoryUnavailable as exc:
-            raise _eio(f"pid {self.task.pid} mem", exc) from None
-        except WalkError as exc:
+        except ERRORS as exc:
             raise _eio(f"pid {self.task.pid} mem", exc) from None
 
-    def read_user_or_zeros(self, address: int, length: int) -> bytes:
-        """core: absent pages read as zeros (a core cannot mark holes inside a PT_LOAD)."""
-        parts = []
-        end = address + length
-        while address < end:
-            step = min(end, (address | 0xFFF) + 1) - address
-            try:
-                parts.append(self.umem.read(address, step))
-            except (MemoryUnavailable, WalkError):
-                parts.append(bytes(step))
-            address += step
-        return b"".join(parts)
+    def read_user_zero_filled(self, address: int, length: int) -> bytes:
+        """mem and regions under zero_holes: holes inside a mapping read as zeros; outside
+        every mapping, or where the data is there but cannot be decoded, EIO."""
+        try:
+            return self.umem.read(address, length)
+        except ERRORS:
+            pass
+        try:
+            vmas = self.vmas
+            starts = [v.start for v in vmas]
+            page = self.umem.page_size
+            parts = []
+            end = address + length
+            while address < end:
+                step = min(end, address - address % page + page) - address
+                i = bisect_right(starts, address) - 1
+                if i < 0 or address >= vmas[i].end:
+                    raise WalkError(f"virtual address {address:#x}: in no mapping")
+                if self.page_hole(address):
+                    parts.append(bytes(step))
+                else:
+                    parts.append(self.umem.read(address, step))
+                address += step
+            return b"".join(parts)
+        except ERRORS as exc:
+            raise _eio(f"pid {self.task.pid} mem", exc) from None
+
+    # -- holes ----------------------------------------------------------------
+    def page_hole(self, address: int) -> str | None:
+        """Why the dump cannot deliver the page at `address` (unmapped, excluded, missing),
+        or None when it holds it."""
+        return self._page_hole(address)[0]
+
+    def _page_hole(self, address: int) -> tuple[str | None, int]:
+        """(page_hole, the address up to which that answer holds): an invalid upper-level
+        table entry answers "unmapped" for its whole span at once."""
+        page = self.umem.page_size
+        try:
+            physical = self.umem.translate(address)
+        except TranslationError as exc:
+            return "unmapped", max(exc.unmapped_until or 0, address - address % page + page)
+        except MemoryUnavailable:
+            return "unmapped", address - address % page + page
+        state = self.procs.dump.memory.hole_at(physical)
+        return (None if state is None else state.value), address - address % page + page
+
+    def page_runs(self, vma) -> list[tuple[int, int, str | None]]:
+        """(start, end, hole) runs of one mapping's pages (hole None: the dump holds them),
+        found once by translating every page (skipping what upper-level entries leave out)."""
+        with self._lock:
+            runs = self._runs.get(vma.start)
+            if runs is not None:
+                return runs
+        runs = []
+        address = vma.start
+        while address < vma.end:
+            hole, following = self._page_hole(address)
+            following = min(following, vma.end)
+            if runs and runs[-1][2] == hole:
+                runs[-1][1] = following
+            else:
+                runs.append([address, following, hole])
+            address = following
+        runs = [tuple(run) for run in runs]
+        with self._lock:
+            self._runs[vma.start] = runs
+        return runs
 
 
 def status_text(task: Task, threads: int | None) -> bytes:
@@ -132,9 +192,10 @@ def stat_text(task: Task) -> bytes:
 
 
 class Processes:
-    def __init__(self, context: KernelContext):
+    def __init__(self, context: KernelContext, zero_holes: bool = False):
         self.dump = context.dump
         self.context = context
+        self.zero_holes = zero_holes
 
     @cached_property
     def walker(self):
@@ -145,20 +206,23 @@ class Processes:
         return MmWalker(self.context.memory, self.context.symbols, self.context.types)
 
     def listing(self) -> list:
+        """One folder per process the walk found; what it could not read is in kernel/sources."""
         try:
-            tasks = self.walker.processes()
+            tasks = self.context.task_list.processes
         except ERRORS as exc:
             return [File.from_bytes("unavailable", f"{exc}\n".encode())]
-        for problem in self.walker.problems:
-            self.context.notes.append(f"processes: {problem}")
         return [process_dir(Process(self, task)) for task in tasks]
+
+
+def comm_text(task: Task) -> bytes:
+    return (task.comm + "\n").encode()
 
 
 def task_dir(process: Process, task: Task) -> Dir:
     return Dir(str(task.pid), [
-        File.from_bytes("comm", (task.comm + "\n").encode()),
-        File.from_bytes("status", lambda: status_text(task, None)),
-        File.from_bytes("stat", lambda: stat_text(task)),
+        computed("comm", lambda: comm_text(task)),
+        computed("status", lambda: status_text(task, None)),
+        computed("stat", lambda: stat_text(task)),
     ])
 
 
@@ -167,17 +231,17 @@ def process_dir(process: Process) -> Dir:
 
     def children():
         nodes = [
-            File.from_bytes("comm", (task.comm + "\n").encode()),
+            computed("comm", lambda: comm_text(task)),
             computed("status", lambda: status_text(task, len(process.threads))),
-            File.from_bytes("stat", lambda: stat_text(task)),
+            computed("stat", lambda: stat_text(task)),
             Dir("task", lambda: [task_dir(process, t) for t in process.threads]),
         ]
         if task.is_kernel_thread:
             nodes.append(File.from_bytes("cmdline", b""))
             return nodes
         nodes += [
-            computed("cmdline", lambda: process.user_range("arg_start", "arg_end")),
-            computed("environ", lambda: process.user_range("env_start", "env_end")),
+            user_text_file(process, "cmdline", "arg_start", "arg_end"),
+            user_text_file(process, "environ", "env_start", "env_end"),
             computed("maps", process.maps),
             mem_file(process),
             core_file(process),
@@ -187,13 +251,51 @@ def process_dir(process: Process) -> Dir:
     return Dir(str(task.pid), children)
 
 
-def mem_file(process: Process) -> File:
-    def size():
+def user_text_file(process: Process, name: str, start_key: str, end_key: str) -> File:
+    """cmdline, environ: sized from the mm_struct's bounds, so that listing never reads the
+    pages (a -d 31 dump excludes them: then only the read fails, or under zero_holes reads
+    zeros: they lie in the stack mapping, whose holes regions/map lists)."""
+    def bounds() -> tuple[int, int]:
         try:
-            return process.task_size
+            start, end = process.mm[start_key], process.mm[end_key]
         except ERRORS as exc:
-            raise _eio("mem", exc) from None
-    return File("mem", size, process.read_user)
+            raise _eio(name, exc) from None
+        return start, (0 if not start or end <= start else min(end - start, MAX_ARGS))
+
+    def read(offset: int, length: int) -> bytes:
+        return user_reader(process, bounds()[0])(offset, length)
+    return File(name, lambda: bounds()[1], read, exact_reads=True)
+
+
+def user_reader(process: Process, base: int = 0):
+    """Reads of the address space from `base` on: holes EIO, or zeros under zero_holes."""
+    read = process.read_user_zero_filled if process.procs.zero_holes else process.read_user
+    return lambda offset, length: read(base + offset, length)
+
+
+def mem_file(process: Process) -> File:
+    """Size 0 like /proc/PID/mem: a copy of proc/PID/ must not walk 128 TiB of address space.
+    Reads answer as /proc/PID/mem does: up to the first page that cannot be read, EIO when
+    that is the first one (buffered readers read past what they were asked for)."""
+    read = user_reader(process)
+    page = process.procs.dump.page_size
+
+    def read_prefix(offset: int, length: int) -> bytes:
+        try:
+            return read(offset, length)
+        except OSError:
+            first = min(length, page - offset % page)
+            parts = [read(offset, first)]           # the first page: its error is the answer
+            position, end = offset + first, offset + length
+            try:
+                while position < end:
+                    step = min(page, end - position)
+                    parts.append(read(position, step))
+                    position += step
+            except OSError:
+                pass
+            return b"".join(parts)
+    return File("mem", 0, read_prefix, unsized=True)
 
 
 def region_files(process: Process) -> list:
@@ -201,9 +303,13 @@ def region_files(process: Process) -> list:
         vmas = process.vma_walk[0]
     except ERRORS:
         return []
-    return [File(f"{v.start:08x}-{v.end:08x}", v.end - v.start,
-                 lambda offset, length, base=v.start: process.read_user(base + offset, length))
-            for v in vmas]
+    exact = not process.procs.zero_holes
+    files = [File(f"{v.start:08x}-{v.end:08x}", v.end - v.start, user_reader(process, v.start),
+                  exact_reads=exact)
+             for v in vmas]
+    return files + [computed("map", lambda: "".join(
+        range_line(start, end, hole or "present")
+        for v in process.vma_walk[0] for start, end, hole in process.page_runs(v)).encode())]
 
 
 # ---------------------------------------------------------------------------
@@ -258,27 +364,24 @@ def build_core(process: Process) -> ExtentFile:
         notes.append(Note("CORE", NT_AUXV, auxv))
     notes.append(Note("CORE", NT_FILE, nt_file(process, vmas)))
     note_data = b"".join(build_note(n, order) for n in notes)
-    phnum = 1 + len(vmas)
-    notes_offset = EHDR_SIZE + PHDR_SIZE * phnum
+    # one PT_LOAD per run of pages the dump holds: holes are in none, so gdb says
+    # "Cannot access memory" there instead of showing invented zeros
+    loads = [(v, start, end) for v in vmas
+             for start, end, hole in process.page_runs(v) if hole is None]
+    notes_offset = core_headers_size(1 + len(loads))
     position = (notes_offset + len(note_data) + 4095) // 4096 * 4096
     phdrs = [struct.pack(prefix + PHDR_FORMAT, PT_NOTE, 0, notes_offset, 0, 0,
                          len(note_data), 0, 4)]
     extents = []
-    for v in vmas:
-        size = v.end - v.start
+    for v, start, end in loads:
+        size = end - start
         flags = (PF_R if v.flags & 1 else 0) | (PF_W if v.flags & 2 else 0) | (PF_X if v.flags & 4 else 0)
-        phdrs.append(struct.pack(prefix + PHDR_FORMAT, PT_LOAD, flags, position, v.start, 0,
+        phdrs.append(struct.pack(prefix + PHDR_FORMAT, PT_LOAD, flags, position, start, 0,
                                  size, size, 4096))
         extents.append(Extent(position, size,
-                              lambda offset, length, base=v.start:
-                              process.read_user_or_zeros(base + offset, length)))
+                              lambda offset, length, base=start: process.read_user(base + offset, length)))
         position += size
-    ehdr = Elf64Header[order].build(dict(
-        e_ident=b"\x7fELF" + bytes([2, 1 if order == "little" else 2, 1]) + bytes(9),
-        e_type=ET_CORE, e_machine=dump.arch.elf_machine, e_version=1, e_entry=0,
-        e_phoff=EHDR_SIZE, e_shoff=0, e_flags=0, e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE,
-        e_phnum=phnum, e_shentsize=0, e_shnum=0, e_shstrndx=0))
-    header = ehdr + b"".join(phdrs) + note_data
+    header = core_headers(order, dump.arch.elf_machine, phdrs) + note_data
     extents.append(Extent(0, len(header), header))
     return ExtentFile(extents, size=position)
 
@@ -300,5 +403,5 @@ def core_file(process: Process) -> File:
 
 # ---------------------------------------------------------------------------
 
-def proc_dir(context: KernelContext) -> Dir:
-    return Dir("proc", Processes(context).listing)
+def proc_dir(context: KernelContext, zero_holes: bool = False) -> Dir:
+    return Dir("proc", Processes(context, zero_holes).listing)

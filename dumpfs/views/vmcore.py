@@ -19,8 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dumpfs.elf import (EHDR_SIZE, ET_CORE, PF_R, PF_W, PF_X, PHDR_FORMAT, PHDR_SIZE, PN_XNUM,
-                        PT_LOAD, PT_NOTE, SHDR_FORMAT, SHDR_SIZE, Elf64Header)
+from dumpfs.elf import PF_R, PF_W, PF_X, PHDR_FORMAT, PT_LOAD, PT_NOTE, core_headers, core_headers_size
 from dumpfs.elfnote import build_note
 from dumpfs.model import Dump, MemoryChunk, Note, PageState
 from dumpfs.tree import File
@@ -90,11 +89,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
     page = dump.page_size
     segments = load_segments(dump)
     notes = note_bytes(dump)
-    phnum = 1 + len(segments)
-    xnum = phnum >= PN_XNUM
-
-    headers_size = EHDR_SIZE + PHDR_SIZE * phnum + (SHDR_SIZE if xnum else 0)
-    notes_offset = _round_up(headers_size, page)
+    notes_offset = _round_up(core_headers_size(1 + len(segments)), page)
     data_offset = _round_up(notes_offset + len(notes), DATA_ALIGNMENT)
 
     extents: list[Extent] = []
@@ -115,16 +110,7 @@ def build_vmcore(dump: Dump) -> ExtentFile:
             extents.append(Extent(position + offset_in_segment, chunk.size, chunk.fill))
         position += segment.filesz
 
-    ehdr = Elf64Header[order].build(dict(
-        e_ident=b"\x7fELF" + bytes([2, 1 if order == "little" else 2, 1]) + bytes(9),
-        e_type=ET_CORE, e_machine=dump.arch.elf_machine, e_version=1, e_entry=0,
-        e_phoff=EHDR_SIZE, e_shoff=EHDR_SIZE + PHDR_SIZE * phnum if xnum else 0, e_flags=0,
-        e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE, e_phnum=PN_XNUM if xnum else phnum,
-        e_shentsize=SHDR_SIZE if xnum else 0, e_shnum=1 if xnum else 0, e_shstrndx=0))
-    header = ehdr + b"".join(phdrs)
-    if xnum:
-        # the real program header count lives in section header 0's sh_info
-        header += struct.pack(prefix + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
+    header = core_headers(order, dump.arch.elf_machine, phdrs)
     extents.append(Extent(0, len(header), header))
     extents.append(Extent(notes_offset, len(notes), notes))
     return ExtentFile(extents, size=max(position, data_offset))
