@@ -55,6 +55,7 @@ examples:
   dumpfs mount /var/crash/vmcore /mnt/dump      mount in the background
   dumpfs mount -f --debug vmcore /mnt/dump      stay in the foreground, log requests
   dumpfs mount a.kdump b.elf /mnt/dumps         one subfolder per dump: a.kdump/ b.elf/
+  dumpfs mount /var/crash /mnt/crash            one subfolder per dump there, kept up to date
   dumpfs mount -o allow_other vmcore /mnt/dump  let other users read it
   dumpfs umount /mnt/dump
   dumpfs info dump.kdump                        what is in the dump
@@ -168,16 +169,30 @@ def _user_or_group_id(key: str, value: str) -> int:
 
 
 def _dump_access(dump, own: dict):
-    """Who may read a dump's tree: its source's owner, group and read bits (all sources of a
-    multi-volume dump: the bits all of them grant), unless -o uid=/gid=/umask= say otherwise.
-    A source that cannot be stat-ed (not a local file) makes the tree owner-only."""
+    """Who may read a dump's tree: the Access of the files it is read from (all volumes of a
+    multi-volume dump; the compressed file of a compressed one)."""
+    from dumpfs.source import FileSource
+    paths = []
+    for source in dump.resources:
+        while getattr(source, "inner", None) is not None:      # compression, a partition
+            source = source.inner
+        if isinstance(source, FileSource):
+            paths.append(source.name)
+    return _access_of(paths or dump.sources, own)
+
+
+def _access_of(paths, own: dict):
+    """Who may read what comes from `paths`: their owner and group and the read bits all of
+    them grant, unless -o uid=/gid=/umask= say otherwise.  A path that cannot be stat-ed (not
+    a local file: a URL) makes it owner-only."""
     from dumpfs.tree import Access
     stats = []
-    for name in dump.sources:
+    for name in paths:
         try:
             stats.append(os.stat(name))
         except (OSError, ValueError):
-            pass
+            stats = []
+            break
     read_bits = 0o400
     if "umask" in own:
         read_bits = 0o444 & ~own["umask"]
@@ -201,16 +216,8 @@ def _fsname(paths: list[str]) -> str:
 
 def _unique_names(paths: list[str]) -> list[str]:
     """Subfolder names for a multi-dump mount: basenames, `-2`, `-3`... on a clash."""
-    names, seen = [], set()
-    for path in paths:
-        base = os.path.basename(os.path.normpath(path)) or "dump"
-        name, n = base, 1
-        while name in seen:
-            n += 1
-            name = f"{base}-{n}"
-        seen.add(name)
-        names.append(name)
-    return names
+    from dumpfs.tree import unique_names
+    return unique_names(os.path.basename(os.path.normpath(path)) or "dump" for path in paths)
 
 
 def _build_root(dumps: list, contexts: list, paths: list[str], own: dict | None = None):
@@ -231,6 +238,66 @@ def _build_root(dumps: list, contexts: list, paths: list[str], own: dict | None 
         folders.append(folder)
     return Dir("", folders, access=Access(own.get("uid", os.getuid()), own.get("gid", os.getgid()),
                                           0o444 & ~own.get("umask", 0)))
+
+
+def _dump_directory(args) -> str | None:
+    """The directory of dumps among the sources (it must be the only one), or None."""
+    directories = [path for path in args.sources if os.path.isdir(path)]
+    if not directories:
+        return None
+    if len(args.sources) > 1:
+        raise Failure(f"{directories[0]}: a dump directory is mounted on its own, not with "
+                      f"other sources", USAGE)
+    if args.btf is not None:
+        raise Failure("--btf cannot be checked against a dump, so it is not applied to the "
+                      "dumps of a directory (--vmlinux is, where its build id matches)", USAGE)
+    try:
+        os.scandir(directories[0]).close()
+    except OSError as exc:
+        raise Failure(_oserror_text(exc)) from None
+    return os.path.abspath(directories[0])
+
+
+def _dump_dir_root(path: str, args, own: dict):
+    """A directory's dumps as one folder each (dumpfs.dumpdir), opened when first listed;
+    each folder has the Access of its own files, the top the directory's."""
+    from dumpfs.dumpdir import DumpDir
+    from dumpfs.errors import Unsupported
+    from dumpfs.views import build_tree
+
+    def show(found):
+        dumps = _open_all([found.location], args.partial)
+        if len(dumps) != 1:
+            for dump in dumps:
+                dump.close()
+            raise Unsupported(f"{found.location}: holds {len(dumps)} dumps, not one")
+        try:
+            return dumps[0], build_tree(dumps[0], _fitting_context(dumps[0], args),
+                                        zero_holes=bool(own.get("zero_excluded")))
+        except BaseException:
+            dumps[0].close()
+            raise
+
+    return DumpDir(path, show, lambda found: _access_of(found.paths, own),
+                   access=_access_of([path], own))
+
+
+def _fitting_context(dump, args):
+    """A dump of a directory gets --vmlinux and --system-map where they fit it (build id,
+    symbol addresses); elsewhere they are left out and its info says why."""
+    from dumpfs.kernel.context import KernelContext
+    from dumpfs.kernel.given_files import check_system_map, check_vmlinux
+    files = {}
+    for option, check in (("vmlinux", check_vmlinux), ("system_map", check_system_map)):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        try:
+            check(dump, path)
+            files[option] = path
+        except BadFile as exc:
+            dump.meta.details["--" + option.replace("_", "-")] = str(exc)
+    return KernelContext(dump, **files)
 
 
 def _given_file(path: str) -> str:
@@ -267,10 +334,16 @@ def _kernel_contexts(dumps: list, args) -> list:
 def cmd_mount(args) -> int:
     options, own = _mount_options(args.options)
     direct_io = bool(own.get("direct_io"))  # ours, not libfuse's: bypass the page cache
-    dumps = _open_all(args.sources, args.partial)
-    mountpoint = _check_mountpoint(args.mountpoint)
-    contexts = _kernel_contexts(dumps, args)
-    root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps], own)
+    directory = _dump_directory(args)
+    if directory is not None:
+        mountpoint = _check_mountpoint(args.mountpoint)
+        root = _dump_dir_root(directory, args, own)
+    else:
+        dumps = _open_all(args.sources, args.partial)
+        mountpoint = _check_mountpoint(args.mountpoint)
+        contexts = _kernel_contexts(dumps, args)
+        root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps],
+                           own)
     options.append(_fsname([os.path.abspath(p) for p in args.sources]))
 
     from dumpfs import fuse
@@ -573,10 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("mount", help="mount dumps as a read-only file tree",
                 description="Mount one dump at MOUNTPOINT, or several dumps as one subfolder "
-                            "each (named after the file).  Runs in the background once the "
-                            "mount is ready, unless -f.",
+                            "each (named after the file), or a directory of dumps as one "
+                            "subfolder per dump found there (kept up to date; see README).  "
+                            "Runs in the background once the mount is ready, unless -f.",
                 epilog=_examples("dumpfs mount vmcore /mnt/dump",
-                                 "dumpfs mount -o allow_other a.kdump b.elf /mnt/dumps"))
+                                 "dumpfs mount -o allow_other a.kdump b.elf /mnt/dumps",
+                                 "dumpfs mount /var/crash /mnt/crash"))
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground; Ctrl-C unmounts")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -592,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads as missing)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="dump file, block device or tape; the volumes of a multi-volume "
-                        "DASD dump together make one dump")
+                        "DASD dump together make one dump; or one directory of dumps "
+                        "(/var/crash): a subfolder per dump, updated as they come and go")
     _symbol_source_options(p)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     p.set_defaults(func=cmd_mount)

@@ -225,6 +225,28 @@ DECODER_ERRORS = (EOFError, OSError, ValueError, lzma.LZMAError, zstandard.ZstdE
 """What the decoders raise for data cut short (EOFError) or corrupt (the rest)."""
 
 
+def decompressed_head(source: Source, length: int) -> bytes:
+    """The first `length` bytes inside a compressed file (fewer if it holds less or is cut
+    short; b"" if it is not compressed), decoded from its start with no index and no cache:
+    what telling the format inside costs (a dump directory's scan)."""
+    kind = compression_of(source)
+    if kind is None:
+        return b""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        with DECODERS[kind](SourceFile(source)) as f:
+            while got < length:
+                part = f.read(min(64 << 10, length - got))
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+    except DECODER_ERRORS:
+        pass                    # what was decoded before the damage is the head
+    return b"".join(parts)
+
+
 def zstd_end_problem(source: Source, at: int = 0) -> str:
     """Why the frames of a zstd file do not end where the file does ("" if they do).
 

@@ -1,9 +1,11 @@
 """The FUSE glue: pyfuse3 operations over a `dumpfs.tree` root, served with trio.
 
-This is the only module that imports pyfuse3 or trio.  The tree is immutable
-once built, so the kernel may cache attributes, names and file pages for as
-long as it likes; all we keep is inode -> node for the nodes the kernel has
-been told about.
+This is the only module that imports pyfuse3 or trio.  A dump's tree is
+immutable once built, so the kernel may cache attributes, names and file
+pages for as long as it likes; all we keep is inode -> node for the nodes the
+kernel has been told about.  A directory whose entries come and go (a dump
+directory: `Dir.expires`) is listed afresh on every opendir, and the kernel
+keeps its entries' names and attributes only that many seconds.
 
 Anything that may touch the dump (a file read, a lazily computed size, a
 directory whose children are built on first listing) runs in a worker
@@ -32,7 +34,7 @@ from dumpfs.tree import Access, Dir, Node
 
 log = logging.getLogger(__name__)
 
-FOREVER = 365 * 24 * 3600.0     # attr/entry timeout: nothing in the tree ever changes
+FOREVER = 365 * 24 * 3600.0     # attr/entry timeout: nothing in a dump's tree ever changes
 WORKER_THREADS = 8              # concurrent blocking reads per mount
 BLOCK_SIZE = 1 << 20            # st_blksize: preferred I/O size, one readahead request
 EXACT_BLOCK_SIZE = 4096         # st_blksize of files read whole-or-EIO: a buffered reader
@@ -116,6 +118,7 @@ class Operations(pyfuse3.Operations):
         self._mount_time_ns = time.time_ns()
         self._default_access = Access(os.getuid(), os.getgid(), 0o444)
         self._access: dict[int, Access] = {pyfuse3.ROOT_INODE: root.access or self._default_access}
+        self._timeouts: dict[int, float] = {}   # entries of a Dir with `expires`: its timeout
         self._direct: set[int] = set()      # files whose size failed: served with direct_io
         self.after_init: Callable[[], None] | None = None   # run once, on the first request
 
@@ -147,11 +150,15 @@ class Operations(pyfuse3.Operations):
         kind = "" if isinstance(exc, (OSError, MemoryUnavailable)) else f"{type(exc).__name__}: "
         log.debug("%s%r -> %s: %s%s", op, args[:1], errno.errorcode.get(code, code), kind, exc)
 
-    def _inherit_access(self, parent: Node, child: Node) -> None:
-        """A child has its parent's Access unless it is a folder with its own."""
+    def _adopt(self, parent: Dir, child: Node) -> None:
+        """A child has its parent's Access unless it is a folder with its own, and the
+        parent's `expires` as its entry and attribute timeout."""
         own = child.access if isinstance(child, Dir) else None
-        self._access.setdefault(self.inode_of(child),
+        inode = self.inode_of(child)
+        self._access.setdefault(inode,
                                 own or self._access.get(self.inode_of(parent), self._default_access))
+        if parent.expires is not None:
+            self._timeouts.setdefault(inode, parent.expires)
 
     def _owner_and_mode(self, node: Node) -> tuple[int, int, int]:
         access = self._access.get(self.inode_of(node), self._default_access)
@@ -168,8 +175,7 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inode_of(node)
         attr.generation = 0
-        attr.entry_timeout = FOREVER
-        attr.attr_timeout = FOREVER
+        attr.entry_timeout = attr.attr_timeout = self._timeouts.get(attr.st_ino, FOREVER)
         attr.st_uid, attr.st_gid, attr.st_mode = self._owner_and_mode(node)
         attr.st_blksize = EXACT_BLOCK_SIZE if getattr(node, "exact_reads", False) else BLOCK_SIZE
         attr.st_blocks = 0
@@ -215,7 +221,7 @@ class Operations(pyfuse3.Operations):
         node = await self._blocking(parent.lookup, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self._inherit_access(parent, node)
+        self._adopt(parent, node)
         return await self._attr(node)
 
     @_guard
@@ -235,7 +241,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         self._dirs[fh] = [(os.fsencode(name), child) for name, child in children]
         for _, child in children:
-            self._inherit_access(node, child)
+            self._adopt(node, child)
         return fh
 
     @_guard

@@ -134,6 +134,11 @@ class File(Node):
 
 
 class Dir(Node):
+    expires: float | None = None
+    """Seconds the kernel may trust this directory's listing, its entries' names and their
+    attributes; None: forever (a dump's tree never changes).  A directory whose entries come
+    and go (a dump directory) sets it."""
+
     def __init__(self, name: str, children: Iterable[Node] | Callable[[], Iterable[Node]] = (),
                  mtime: float | None = None, access: Access | None = None):
         super().__init__(name)
@@ -167,3 +172,17 @@ class Dir(Node):
                 return None
             node = node.lookup(part)
         return node
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """Sibling names made unique in order: a repeated `name` becomes `name-2`, `name-3`..."""
+    unique: list[str] = []
+    seen: set[str] = set()
+    for base in names:
+        name, n = base, 1
+        while name in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name)
+        unique.append(name)
+    return unique

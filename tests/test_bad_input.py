@@ -135,8 +135,10 @@ def test_corrupted_mount(corrupted, mountpoint):
     check_mount(corrupted, mountpoint)
 
 
-@pytest.mark.parametrize("kind", ["empty", "directory", "missing"])
-@pytest.mark.parametrize("command", ["info", "mount"])
+# `mount DIRECTORY` mounts a dump directory (an empty one mounts empty: test_dump_dirs)
+@pytest.mark.parametrize("command, kind", [("info", "empty"), ("info", "directory"),
+                                           ("info", "missing"), ("mount", "empty"),
+                                           ("mount", "missing")])
 def test_not_a_dump(kind, command, tmp_path, mountpoint):
     source = tmp_path / kind
     if kind == "empty":
