@@ -244,3 +244,16 @@ def test_mount_tells_systemd_when_it_is_ready(public_dir, tmp_path):
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
     assert not is_mounted(mnt)
+
+
+def test_a_compressed_dump_takes_the_compressed_files_bits(public_dir):
+    """The tree of `x.gz` has x.gz's owner and bits (not owner-only for want of a stat)."""
+    import gzip
+    base, dump, mnt = public_dir
+    packed = base / "secret.kdump.gz"
+    packed.write_bytes(gzip.compress(dump.read_bytes(), compresslevel=1))
+    os.chmod(packed, 0o640)
+    os.chown(packed, 0, NOBODY.pw_gid)
+    mount(packed, mnt)
+    st = os.stat(mnt / "vmcore")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, NOBODY.pw_gid, 0o440)
