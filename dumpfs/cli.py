@@ -16,8 +16,10 @@ import shutil
 import stat
 import subprocess
 import sys
+import urllib.parse
 
 from dumpfs.errors import BadFile, DumpError, DumpfsError, MemoryUnavailable, Unavailable
+from dumpfs.url import is_url, redact
 
 OK, BAD_INPUT, USAGE, MOUNT_FAILED, OUTPUT_FAILED, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
 
@@ -184,6 +186,11 @@ def _dump_access(dump, own: dict):
     return Access(uid, gid, read_bits)
 
 
+def _shown(source: str) -> str:
+    """A source as findmnt and logs show it: a local path made absolute, a URL redacted."""
+    return redact(source) if is_url(source) else os.path.abspath(source)
+
+
 def _fsname(paths: list[str]) -> str:
     """What findmnt and df show as the source: the dump (libfuse splits options at commas)."""
     name = paths[0] if paths else "dumpfs"
@@ -197,6 +204,8 @@ def _unique_names(paths: list[str]) -> list[str]:
     """Subfolder names for a multi-dump mount: basenames, `-2`, `-3`... on a clash."""
     names, seen = [], set()
     for path in paths:
+        if is_url(path):
+            path = urllib.parse.urlsplit(path).path or "dump"
         base = os.path.basename(os.path.normpath(path)) or "dump"
         name, n = base, 1
         while name in seen:
@@ -264,7 +273,8 @@ def cmd_mount(args) -> int:
     mountpoint = _check_mountpoint(args.mountpoint)
     contexts = _kernel_contexts(dumps, args)
     root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps], own)
-    options.append(_fsname([os.path.abspath(p) for p in args.sources]))
+    shown = [_shown(p) for p in args.sources]
+    options.append(_fsname(shown))
 
     from dumpfs import fuse
     if args.foreground:
@@ -272,8 +282,8 @@ def cmd_mount(args) -> int:
             ops = fuse.mount(root, mountpoint, options, direct_io=direct_io)
         except fuse.MountError as exc:
             raise Failure(f"{mountpoint}: cannot mount: {exc}", MOUNT_FAILED) from None
-        log.debug("mounted %s on %s", ", ".join(args.sources), mountpoint)
-        _notify_systemd(f"READY=1\nSTATUS=serving {', '.join(args.sources)} on {mountpoint}")
+        log.debug("mounted %s on %s", ", ".join(shown), mountpoint)
+        _notify_systemd(f"READY=1\nSTATUS=serving {', '.join(shown)} on {mountpoint}")
         fuse.serve(ops)
         return OK
 
