@@ -1,7 +1,7 @@
 """Dumps at http(s):// and s3:// URLs as a Source: ranged reads through a bounded block cache.
 
 Nothing is downloaded whole: the size and version (ETag, else Last-Modified)
-come from one HEAD, and every read fetches the 128 KiB blocks it covers with
+come from one HEAD, and every read fetches the 32 KiB blocks it covers with
 one ranged GET per run of missing blocks (fsspec: aiohttp for HTTP, s3fs for
 S3).  Fetched blocks are kept in a small memory LRU (what the FUSE event
 loop may serve without waiting) and on disk under cache_dir("remote"), one
@@ -48,7 +48,7 @@ from dumpfs.model import WouldBlock, waiting_forbidden
 from dumpfs.source import Source
 from dumpfs.url import is_url, redact, redact_all
 
-BLOCK_SIZE = 128 << 10
+BLOCK_SIZE = 32 << 10                    # small: sparse readers (page tables, task lists) fetch little
 MEMORY_BLOCKS = 128                     # 16 MiB of recent blocks, served on the FUSE event loop
 MAX_FETCH = 8 << 20                     # one GET fetches at most this many bytes
 DEFAULT_CACHE_SIZE = 4 << 30
@@ -56,6 +56,7 @@ DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT = 10.0                  # seconds per try
 BACKOFF = 0.25                          # seconds before the first retry, doubled after each
 
+CHANGED = "the object changed since it was opened"
 PERMANENT_STATUS = {400, 401, 403, 404, 405, 410, 412, 416}
 QUIET_LOGGERS = ("fsspec", "s3fs", "aiobotocore", "botocore", "boto3", "urllib3", "aiohttp")
 
@@ -101,6 +102,10 @@ def _why(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, PermissionError):
         return ("access denied (check the credentials)", False)
     status = getattr(exc, "status", None)
+    if status == 404:
+        return ("no such object (HTTP 404)", False)
+    if status == 412:
+        return (CHANGED + " (HTTP 412)", False)
     if isinstance(status, int):
         return (f"HTTP {status} {getattr(exc, 'message', '') or ''}".strip(),
                 status not in PERMANENT_STATUS)
@@ -111,11 +116,11 @@ def _why(exc: BaseException) -> tuple[str, bool]:
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         transient = status >= 500 or status == 429 or code in ("SlowDown", "Throttling")
         if code in ("PreconditionFailed", "412"):
-            return ("the object changed since it was opened (precondition failed)", False)
+            return (CHANGED, False)
         return (f"S3 error {code or status}", transient)
     text = redact_all(str(exc))
     if "PreconditionFailed" in text:      # s3fs turned the ClientError into an OSError
-        return ("the object changed since it was opened (precondition failed)", False)
+        return (CHANGED, False)
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__, True)
 
 
@@ -374,7 +379,7 @@ class RemoteSource(Source):
         scheme = url.split(":", 1)[0].lower()
         try:
             self.remote = (S3Object if scheme == "s3" else HttpObject)(url, self.timeout)
-            self.size, version = self._with_retries(self.remote.stat, "size and version")
+            self.size, version = self._with_retries(self.remote.stat, "cannot open")
         except OSError as exc:
             raise MissingPart(exc.strerror) from None
         except DumpError as exc:
