@@ -56,6 +56,7 @@ examples:
   dumpfs mount /var/crash/vmcore /mnt/dump      mount in the background
   dumpfs mount -f --debug vmcore /mnt/dump      stay in the foreground, log requests
   dumpfs mount a.kdump b.elf /mnt/dumps         one subfolder per dump: a.kdump/ b.elf/
+  dumpfs mount https://host/vmcore.xz /mnt/dump a remote dump (also s3://bucket/key), by range
   dumpfs mount -o allow_other vmcore /mnt/dump  let other users read it
   dumpfs umount /mnt/dump
   dumpfs info dump.kdump                        what is in the dump
