@@ -27,6 +27,7 @@ from types import ModuleType
 from dumpfs.compressed import open_compressed
 from dumpfs.errors import DumpError, NoDump
 from dumpfs.model import Dump, PageState
+from dumpfs.url import is_url
 from dumpfs.s390dump import MAGIC_S390, MAGIC_S390_EXT
 from dumpfs.source import FileSource, Source
 
@@ -142,7 +143,7 @@ def _opened(dump: Dump, source: Source) -> Dump:
         dump.sources.append(source.name)
     if source not in dump.resources:
         dump.resources.append(source)
-    container = getattr(source, "container", None)     # a compressed file: what holds the dump
+    container = getattr(source, "container", None)     # compression, a remote object: what holds it
     if container:
         dump.meta.details.setdefault("container", container)
     _complete_from_memory(dump)
@@ -226,7 +227,7 @@ def open_paths(paths: list[str], *, partial: bool = False) -> list[Dump]:
                 _complete_from_memory(tape)
                 tapes[path] = tape
             else:
-                sources.append(_look_inside(FileSource(path)))
+                sources.append(_look_inside(_open_path(path)))
     except BaseException:
         for source in sources:
             source.close()
@@ -241,8 +242,18 @@ def open_paths(paths: list[str], *, partial: bool = False) -> list[Dump]:
     return [d for d in ordered if d is not None]
 
 
+def _open_path(path: str) -> Source:
+    """A local file or block device, or an http(s):// or s3:// URL (dumpfs.remote)."""
+    if not is_url(path):
+        return FileSource(path)
+    remote = importlib.import_module("dumpfs.remote")     # fsspec, aiohttp: only for URLs
+    return remote.open_url(path)
+
+
 def _tape_device(path: str) -> Dump | None:
     """A tape character device is no random-access Source: the tape backend reads it itself."""
+    if is_url(path):
+        return None
     try:
         if not stat.S_ISCHR(os.stat(path).st_mode):
             return None
@@ -252,7 +263,7 @@ def _tape_device(path: str) -> Dump | None:
     return tape.open_device(path) if tape.is_tape_device(path) else None
 
 
-def _look_inside(source: FileSource) -> Source:
+def _look_inside(source: Source) -> Source:
     """Detection looks through compression: a gzip, bzip2, xz or zstd file is the dump
     inside it (dumpfs.compressed: a seek index or a one-pass cache, built once)."""
     try:
@@ -267,7 +278,7 @@ def open_dump(path: str) -> Dump:
     if dump is not None:
         _complete_from_memory(dump)
         return dump
-    source = FileSource(path)
+    source = _open_path(path)
     try:
         source = _look_inside(source)
         return open_source(source)

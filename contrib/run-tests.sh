@@ -5,7 +5,7 @@
 # they are unpacked once into ~/.cache/dumpfs/fixtures (~2.5 GB) and reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRA_APT="crash gdb-multiarch binutils e2fsprogs qemu-user rsync" PIP_EXTRAS="[test]" . contrib/setup-env.sh
+EXTRA_APT="crash gdb-multiarch binutils e2fsprogs qemu-user rsync nginx-light" PIP_EXTRAS="[test]" . contrib/setup-env.sh
 
 .venv/bin/python tests/fixturecache.py >/dev/null     # unpack the fixtures once (cached)
 # FUSE mounts need root (or fusermount3 and a user allowed to use it)

@@ -17,8 +17,10 @@ import shutil
 import stat
 import subprocess
 import sys
+import urllib.parse
 
 from dumpfs.errors import BadFile, DumpError, DumpfsError, MemoryUnavailable, Unavailable
+from dumpfs.url import is_url, redact
 
 OK, BAD_INPUT, USAGE, MOUNT_FAILED, OUTPUT_FAILED, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
 
@@ -56,6 +58,7 @@ examples:
   dumpfs mount -f --debug vmcore /mnt/dump      stay in the foreground, log requests
   dumpfs mount a.kdump b.elf /mnt/dumps         one subfolder per dump: a.kdump/ b.elf/
   dumpfs mount /var/crash /mnt/crash            one subfolder per dump there, kept up to date
+  dumpfs mount https://host/vmcore.xz /mnt/dump a remote dump (also s3://bucket/key), by range
   dumpfs mount -o allow_other vmcore /mnt/dump  let other users read it
   dumpfs umount /mnt/dump
   dumpfs info dump.kdump                        what is in the dump
@@ -205,6 +208,11 @@ def _access_of(paths, own: dict):
     return Access(uid, gid, read_bits)
 
 
+def _shown(source: str) -> str:
+    """A source as findmnt and logs show it: a local path made absolute, a URL redacted."""
+    return redact(source) if is_url(source) else os.path.abspath(source)
+
+
 def _fsname(paths: list[str]) -> str:
     """What findmnt and df show as the source: the dump (libfuse splits options at commas)."""
     name = paths[0] if paths else "dumpfs"
@@ -217,7 +225,9 @@ def _fsname(paths: list[str]) -> str:
 def _unique_names(paths: list[str]) -> list[str]:
     """Subfolder names for a multi-dump mount: basenames, `-2`, `-3`... on a clash."""
     from dumpfs.tree import unique_names
-    return unique_names(os.path.basename(os.path.normpath(path)) or "dump" for path in paths)
+    return unique_names(os.path.basename(os.path.normpath(
+        (urllib.parse.urlsplit(path).path or "dump") if is_url(path) else path)) or "dump"
+        for path in paths)
 
 
 def _build_root(dumps: list, contexts: list, paths: list[str], own: dict | None = None):
@@ -344,7 +354,8 @@ def cmd_mount(args) -> int:
         contexts = _kernel_contexts(dumps, args)
         root = _build_root(dumps, contexts, [d.sources[0] if d.sources else "dump" for d in dumps],
                            own)
-    options.append(_fsname([os.path.abspath(p) for p in args.sources]))
+    shown = [_shown(p) for p in args.sources]
+    options.append(_fsname(shown))
 
     from dumpfs import fuse
     if args.foreground:
@@ -352,8 +363,8 @@ def cmd_mount(args) -> int:
             ops = fuse.mount(root, mountpoint, options, direct_io=direct_io)
         except fuse.MountError as exc:
             raise Failure(f"{mountpoint}: cannot mount: {exc}", MOUNT_FAILED) from None
-        log.debug("mounted %s on %s", ", ".join(args.sources), mountpoint)
-        _notify_systemd(f"READY=1\nSTATUS=serving {', '.join(args.sources)} on {mountpoint}")
+        log.debug("mounted %s on %s", ", ".join(shown), mountpoint)
+        _notify_systemd(f"READY=1\nSTATUS=serving {', '.join(shown)} on {mountpoint}")
         fuse.serve(ops)
         return OK
 

@@ -109,7 +109,8 @@ class CompressedSource(Source):
         self.pieces = pieces
         self.size = pieces.size
         self.name = f"{inner.name} ({kind})"
-        self.container = container
+        outer = getattr(inner, "container", None)      # a remote object holding the compressed file
+        self.container = f"{outer}; {container}" if outer else container
         identity = getattr(inner, "identity", None)
         if identity is not None:
             self.identity = (kind, *identity)
