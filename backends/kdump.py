@@ -15,12 +15,12 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64sl, Int64ub,
                        Int64ul, Padding, Struct)
 
 from dumpfs import arch as arches
+from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
@@ -265,7 +265,7 @@ def open(source: Source) -> Dump:
     meta = DumpMeta(format="kdump", writer=writer, dump_level=sub["dump_level"],
                     compression=compression, details=details, problems=problems,
                     kernel_release=uts["release"] or (vmcoreinfo.get("OSRELEASE") if vmcoreinfo else None),
-                    dump_time=datetime.fromtimestamp(hdr.tv_sec, timezone.utc) if hdr.tv_sec > 0 else None)
+                    dump_time=unix_time(hdr.tv_sec))
     if uts["nodename"]:
         details["nodename"] = uts["nodename"]
     if uts["version"]:
