@@ -23,6 +23,7 @@ from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
+from dumpfs.limits import MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
 from dumpfs.source import Source
@@ -32,7 +33,6 @@ SIGNATURE = b"KDUMP   "
 NEWEST_HEADER_VERSION = 6       # the newest layout we know; newer ones are read as 6
 PLAUSIBLE_HEADER_VERSIONS = range(1, 64)
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
-MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a broken header
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
@@ -251,12 +251,12 @@ def open(source: Source) -> Dump:
 
     notes = []
     if sub["size_note"]:
-        notes = parse_notes(_read_header_area(source, sub["offset_note"], sub["size_note"],
-                                              sub_area_end, "ELF notes"), arch.byteorder)
-    cpus, dump_notes, vmcoreinfo = sort_notes(arch, notes)
+        notes = parse_notes(_read_header_area(source, sub["offset_note"], sub["size_note"], MAX_NOTE_BYTES,
+                                              sub_area_end, "ELF notes"), arch.byteorder, problems)
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, notes, problems)
     if vmcoreinfo is None and sub["size_vmcoreinfo"]:
-        vmcoreinfo = VmcoreInfo(_read_header_area(source, sub["offset_vmcoreinfo"],
-                                                  sub["size_vmcoreinfo"], sub_area_end, "VMCOREINFO"))
+        vmcoreinfo = VmcoreInfo(_read_header_area(source, sub["offset_vmcoreinfo"], sub["size_vmcoreinfo"],
+                                                  MAX_VMCOREINFO_BYTES, sub_area_end, "VMCOREINFO"))
 
     compression = _compression(hdr.status)
     _require_compression_module(name, compression)
@@ -308,9 +308,12 @@ def _choose_arch(name: str, layout: Layout, machine: str):
     return arch, f"{arch.name}, guessed from the byte order (utsname.machine is empty)"
 
 
-def _read_header_area(source: Source, offset: int, size: int, area_end: int, what: str) -> bytes:
-    """Notes or VMCOREINFO text, which must lie in the sub-header area."""
-    if size > MAX_NOTES or offset < 0 or offset + size > area_end:
+def _read_header_area(source: Source, offset: int, size: int, limit: int, area_end: int,
+                      what: str) -> bytes:
+    """Notes or VMCOREINFO text, which must lie in the sub-header area and be at most `limit` bytes."""
+    if size > limit:
+        raise DamagedDump(f"{source.name}: kdump {what} size {size:#x} is more than {limit:#x} bytes")
+    if offset < 0 or offset + size > area_end:
         raise DamagedDump(f"{source.name}: kdump {what} at {offset:#x} of {size:#x} bytes lie outside "
                           f"the sub-header area (ends at {area_end:#x})")
     return source.read_exact(offset, size, f"kdump {what}")
