@@ -482,7 +482,8 @@ class Campaign:
         process.stdin.flush()
         ready, _, _ = select.select([process.stdout], [], [], MUTANT_TIMEOUT)
         line = process.stdout.readline() if ready else ""
-        name = job["record"]["seed"] if "record" in job else "?"
+        record = job.get("record", {})
+        name = record.get("seed") or record.get("generator") or "?"
         if not ready:
             outcome = Outcome(job, name, None, f"hang: no answer in {MUTANT_TIMEOUT:.0f} s")
             self.close()
