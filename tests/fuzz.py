@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import resource
 import select
 import signal
@@ -56,7 +57,8 @@ MAX_REGRESSION_BYTES = 64 << 10     # a regression record stays small
 
 INTERESTING = (0, 1, 2, 3, 4, 7, 8, 0x10, 0x40, 0x7F, 0x80, 0xFF, 0x100, 0x200, 0x1000, 0x7FFF,
                0x8000, 0xFFFF, 0x10000, 0x100000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 1 << 32,
-               (1 << 32) + 1, 1 << 40, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, (1 << 64) - 4096)
+               (1 << 32) + 1, 1 << 40, 1 << 44, 1 << 48, 1 << 50, 1 << 52, 1 << 56, (1 << 63) - 1,
+               1 << 63, (1 << 64) - 1, (1 << 64) - 4096)
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -268,6 +270,23 @@ def _offset(rng: random.Random, regions, size: int, width: int = 1) -> int:
     return max(start, offset - offset % width) if rng.random() < 0.8 else offset
 
 
+VMCOREINFO_VALUE = re.compile(rb"[A-Z_()a-z0-9]+=([0-9a-fA-F]+)\n")
+
+
+def _retext(rng: random.Random, data: bytearray, regions) -> bool:
+    """Replaces the digits of one `KEY=value` line in the regions by others of the same length."""
+    matches = [m for start, end in _clip(regions, len(data))
+               for m in VMCOREINFO_VALUE.finditer(data, start, end)]
+    if not matches:
+        return False
+    match = rng.choice(matches)
+    width = match.end(1) - match.start(1)
+    value = rng.choice((0, 1, 3, 4095, 4096, 1 << 31, 1 << 47, (1 << 64) - 1, 10 ** width - 1))
+    text = (f"{value:0{width}d}" if rng.random() < 0.5 else f"{value:0{width}x}")[-width:]
+    data[match.start(1):match.end(1)] = text.encode()
+    return True
+
+
 def mutate(rng: random.Random, seed: Seed) -> list[bytes]:
     """One to four mutations of one file of `seed`; the others stay as they are."""
     files = list(seed.files)
@@ -286,11 +305,15 @@ def mutate(rng: random.Random, seed: Seed) -> list[bytes]:
             width = rng.choice((1, 2, 4, 4, 8, 8))
             offset = _offset(rng, regions, len(data), width)
             value = rng.choice(INTERESTING) & ((1 << 8 * width) - 1)
-            if rng.random() < 0.2:
+            if rng.random() < 0.15:                         # near the file's own size
+                value = (len(data) + rng.choice((-4096, -16, -1, 0, 1, 4096))) % (1 << 8 * width)
+            elif rng.random() < 0.2:
                 value = (int.from_bytes(data[offset:offset + width], seed.byteorder) +
                          rng.choice((-1, 1, 4096, -4096))) % (1 << 8 * width)
             order = seed.byteorder if rng.random() < 0.85 else ("little" if seed.byteorder == "big" else "big")
             data[offset:offset + width] = value.to_bytes(width, order)[:len(data) - offset]
+        elif kind < 0.80 and _retext(rng, data, regions):   # a VMCOREINFO value (same length)
+            pass
         elif kind < 0.85:                                   # a field copied over another
             width = rng.choice((4, 8, 16, 56))
             src, dst = (_offset(rng, regions, len(data), 4) for _ in range(2))
