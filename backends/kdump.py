@@ -15,6 +15,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from itertools import islice
 
 from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64sl, Int64ub,
                        Int64ul, Padding, Struct)
@@ -23,7 +24,7 @@ from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
-from dumpfs.limits import MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
+from dumpfs.limits import MAX_MEMORY_BYTES, MAX_MEMORY_RUNS, MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
 from dumpfs.source import Source
@@ -225,8 +226,9 @@ def open(source: Source) -> Dump:
     details["status"] = hdr.status
     if max_mapnr == 0:
         raise DamagedDump(f"{name}: kdump max_mapnr is 0: the dump describes no memory")
-    if max_mapnr > (1 << 64) // block_size:
-        raise DamagedDump(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond 2^64 bytes)")
+    if max_mapnr > MAX_MEMORY_BYTES // block_size:
+        raise DamagedDump(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond "
+                          f"{MAX_MEMORY_BYTES:#x} bytes of memory)")
 
     # bitmaps: the 1st and 2nd bitmap share bitmap_blocks equally
     bitmap1 = sub_area_end
@@ -418,6 +420,7 @@ class KdumpPages:
         self.table_start = table_start
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
+        self.cut_pfn: int | None = None     # the bitmaps hold more than MAX_MEMORY_RUNS runs from here
         self.cache = PageCache()
         self.zero_page = bytes(block_size)
         self.zero_offsets: set[int] = set()     # data offsets of raw zero pages (the shared one)
@@ -449,6 +452,9 @@ class KdumpPages:
             descriptor += end - start
         for start, end in excluded:
             chunks.append(MemoryChunk(start << shift, (end - start) << shift, PageState.EXCLUDED))
+        if self.cut_pfn is not None:
+            chunks.append(MemoryChunk(self.cut_pfn << shift, (self.end_pfn - self.cut_pfn) << shift,
+                                      PageState.MISSING))
         self.meta.details["dumpable_pages"] = descriptor
         if lost_pages:
             self._problem(f"truncated: the page descriptors of {lost_pages} pages lie past the end "
@@ -466,12 +472,20 @@ class KdumpPages:
             length = min(BITMAP_PIECE, end_byte - offset)
             dumpable = self.source.read_exact(self.bitmap2 + offset, length, "kdump 2nd bitmap")
             existing = self.source.read_exact(self.bitmap1 + offset, length, "kdump 1st bitmap")
-            present.extend(set_bit_runs(dumpable, 8 * offset))
+            marks = len(present), len(excluded)
+            budget = MAX_MEMORY_RUNS - sum(marks) + 1
+            present.extend(islice(set_bit_runs(dumpable, 8 * offset), budget))
             if existing != dumpable:
                 only_existing = (int.from_bytes(existing, "little")
                                  & ~int.from_bytes(dumpable, "little")).to_bytes(length, "little")
-                excluded.extend(set_bit_runs(only_existing, 8 * offset))
-        bounds = (self.first_pfn, self.end_pfn)
+                excluded.extend(islice(set_bit_runs(only_existing, 8 * offset), budget))
+            if len(present) + len(excluded) > MAX_MEMORY_RUNS:
+                del present[marks[0]:], excluded[marks[1]:]
+                self.cut_pfn = max(self.first_pfn, 8 * offset)
+                self._problem(f"the kdump bitmaps hold more than {MAX_MEMORY_RUNS} runs of pages; "
+                              f"memory from {self.cut_pfn << self.page_shift:#x} on is not served")
+                break
+        bounds = (self.first_pfn, self.end_pfn if self.cut_pfn is None else self.cut_pfn)
         return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
 
     def _check_last_page(self, descriptor: int) -> None:

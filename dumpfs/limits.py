@@ -31,9 +31,11 @@ MAX_VMCOREINFO_BYTES = 1 * MIB
 # 4 Mi headers are a 224 MiB table.
 MAX_PROGRAM_HEADERS = 4 << 20
 
-# A memory map: chunks (runs of present, zero, excluded or missing pages) one backend builds
-# from a table.  makedumpfile -d 31 on a 4 TiB machine gives a few million runs.
-MAX_MEMORY_CHUNKS = 64 << 20
+# Runs of pages a kdump's bitmaps describe (present, excluded), each one memory-map chunk of
+# about 0.7 KiB.  makedumpfile -d 31 gives one or two runs per MiB (the fixtures: 250-600 runs
+# for 256-512 MiB); 8 Mi runs is 8 TiB at one run per MiB.  A bitmap of random bits makes four
+# runs per byte: without the bound a 2 MiB file took 1.1 GB and a minute.
+MAX_MEMORY_RUNS = 8 << 20
 
 # Physical memory a dump may describe: 2^52 bytes (4 PiB), the architectural limit of x86_64
 # and far above any s390x machine (z16: 40 TiB).
