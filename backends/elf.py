@@ -13,12 +13,13 @@ from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NO
                         SHDR_INFO_OFFSET, Elf64Header, Ident)
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
+from dumpfs.limits import MAX_NOTE_BYTES, MAX_PROGRAM_HEADERS
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
 from dumpfs.origin import is_origin, outside, read_origin
 from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 
-MAX_NOTE_SEGMENT = 64 << 20        # sanity bound: notes are kilobytes, not gigabytes
+MAX_NOTE_SEGMENT = MAX_NOTE_BYTES   # one PT_NOTE may hold every note; more is a broken header
 
 
 def detect(source: Source) -> bool:
@@ -53,6 +54,9 @@ def open(source: Source) -> Dump:
             raise DamagedDump(f"{source.name}: e_phnum is PN_XNUM but there is no section header 0")
         section0 = source.read_exact(ehdr.e_shoff, 64, "section header 0")
         phnum = struct.unpack_from(order + "I", section0, SHDR_INFO_OFFSET)[0]
+    if phnum > MAX_PROGRAM_HEADERS:
+        raise DamagedDump(f"{source.name}: {phnum} program headers (e_phnum); more than "
+                          f"{MAX_PROGRAM_HEADERS} is a broken header")
     table_size = PHDR_SIZE * phnum
     if ehdr.e_phoff + table_size > source.size:
         raise DamagedDump(f"{source.name}: truncated: {phnum} program headers at {ehdr.e_phoff:#x} "
@@ -60,16 +64,25 @@ def open(source: Source) -> Dump:
     table = source.read_exact(ehdr.e_phoff, table_size, "program headers")
 
     chunks: list[MemoryChunk] = []
-    note_data = b""
+    note_parts: list[bytes] = []
+    note_bytes = 0
     problems: list[Problem] = []
     for p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align in \
             struct.iter_unpack(order + PHDR_FORMAT, table):
         if p_type == PT_NOTE:
             if p_filesz > MAX_NOTE_SEGMENT:
                 raise DamagedDump(f"{source.name}: PT_NOTE of {p_filesz} bytes is absurd")
-            note_data += source.read(p_offset, p_filesz)
             if p_offset + p_filesz > source.size:
                 problems.append(Problem("PT_NOTE extends past the end of the file"))
+            held = max(0, min(p_filesz, source.size - p_offset))
+            if note_bytes + held > MAX_NOTE_BYTES:
+                if note_bytes <= MAX_NOTE_BYTES:
+                    problems.append(Problem(f"PT_NOTE segments hold more than {MAX_NOTE_BYTES} bytes "
+                                            f"of notes in total; the excess is ignored"))
+                    note_bytes = MAX_NOTE_BYTES + 1
+                continue
+            note_bytes += held
+            note_parts.append(source.read(p_offset, held))
         elif p_type == PT_LOAD and p_memsz:
             if p_filesz > p_memsz:
                 raise DamagedDump(f"{source.name}: PT_LOAD at {p_paddr:#x} has p_filesz > p_memsz")
@@ -89,9 +102,9 @@ def open(source: Source) -> Dump:
             if p_filesz < p_memsz:
                 chunks.append(MemoryChunk(p_paddr + p_filesz, p_memsz - p_filesz, PageState.ZERO))
 
-    notes = parse_notes(note_data, arch.byteorder)
+    notes = parse_notes(b"".join(note_parts), arch.byteorder, problems)
     origins = [n for n in notes if is_origin(n)]
-    cpus, dump_notes, vmcoreinfo = sort_notes(arch, [n for n in notes if not is_origin(n)])
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, [n for n in notes if not is_origin(n)], problems)
     meta = DumpMeta(format="elf", writer=_guess_writer(ehdr, dump_notes, cpus),
                     problems=problems,
                     details={"e_phoff": ehdr.e_phoff, "program headers": phnum})

@@ -33,6 +33,12 @@ TYPE_FLAT_HEADER = 1
 HEADER_BLOCK = 4096             # the makedumpfile_header is padded to this
 END_OF_STREAM = (-1, -1)
 MAX_GAP_IN_ONE_READ = 4096      # record headers between contiguous extents: read across them
+# A writer fills its inner file nearly densely; the largest never-written stretch is the page
+# descriptors of an interrupted QEMU dump (24 bytes per page, against the bitmaps' 0.25 written
+# first).  Inner bytes beyond HOLE_RATIO times the bytes written (plus HOLE_SLACK) come from a
+# damaged record offset, and would make the inner file's tables look terabytes long.
+HOLE_RATIO = 1024
+HOLE_SLACK = 64 << 20
 
 # makedumpfile_header (first 32 bytes of the 4096-byte header block); big-endian always
 MakedumpfileHeader = Struct(
@@ -44,7 +50,7 @@ MakedumpfileHeader = Struct(
 DATA_HEADER = struct.Struct(">qq")  # offset in the inner file, buf_size
 
 INDEX_MAGIC = b"DUMPFSFLATIDX\0\0\0"
-INDEX_VERSION = 1
+INDEX_VERSION = 2              # 2: records far past the written data are left out
 # magic, version, byte order of the arrays, stream size, stream mtime_ns, records, extents,
 # terminated flag, length of the problem text (UTF-8, follows the header)
 INDEX_HEADER = struct.Struct("<16sI8sQqQQII")
@@ -102,8 +108,24 @@ def walk_records(source: Source) -> FlatIndex:
             break
         records.append((offset, size, data_start))
         position = data_start + size
+    records, far = _drop_far_records(records)
+    if far:
+        problem = f"{problem}; {far}" if problem else far
     starts, lengths, stream_offsets = resolve_overlaps(records)
     return FlatIndex(starts, lengths, stream_offsets, len(records), terminated, problem)
+
+
+def _drop_far_records(records: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], str]:
+    """Records whose data would end past HOLE_RATIO x the bytes written are left out (and said)."""
+    limit = sum(size for _, size, _ in records) * HOLE_RATIO + HOLE_SLACK
+    far = [i for i, (offset, size, _) in enumerate(records) if offset + size > limit]
+    if not far:
+        return records, ""
+    first = records[far[0]]
+    return ([r for r in records if r[0] + r[1] <= limit],
+            f"{len(far)} record(s) claim inner offsets beyond {limit:#x}, far past the data the stream "
+            f"holds (first: record {far[0]} at stream offset {first[2] - DATA_HEADER.size:#x}, offset "
+            f"{first[0]:#x}); they are ignored")
 
 
 def resolve_overlaps(records: list[tuple[int, int, int]]) -> tuple[array, array, array]:
@@ -266,6 +288,6 @@ def open(source: Source) -> Dump:
     meta.details.update({"flattened_version": head.version, "records": index.records,
                          "extents": len(index.starts), "inner_size": inner.size,
                          "index": index.origin})
-    if not index.terminated:
+    if not index.terminated or index.problem:
         meta.problems.insert(0, Problem(index.problem or "truncated stream: no end marker"))
     return dump

@@ -25,17 +25,19 @@ from bisect import bisect_right
 from collections import Counter
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from itertools import islice
 
 from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64sl, Int64ub,
                        Int64ul, Padding, Struct)
 
 from dumpfs import arch as arches
+from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import SourceRange, join
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
+from dumpfs.limits import MAX_MEMORY_BYTES, MAX_MEMORY_RUNS, MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
 from dumpfs.source import Source
@@ -45,7 +47,6 @@ SIGNATURE = b"KDUMP   "
 NEWEST_HEADER_VERSION = 6       # the newest layout we know; newer ones are read as 6
 PLAUSIBLE_HEADER_VERSIONS = range(1, 64)
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
-MAX_NOTES = 64 << 20            # notes are kilobytes; anything near this is a broken header
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
@@ -240,8 +241,9 @@ def open(source: Source) -> Dump:
     details["status"] = hdr.status
     if max_mapnr == 0:
         raise DamagedDump(f"{name}: kdump max_mapnr is 0: the dump describes no memory")
-    if max_mapnr > (1 << 64) // block_size:
-        raise DamagedDump(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond 2^64 bytes)")
+    if max_mapnr > MAX_MEMORY_BYTES // block_size:
+        raise DamagedDump(f"{name}: kdump max_mapnr {max_mapnr:#x} is absurd (beyond "
+                          f"{MAX_MEMORY_BYTES:#x} bytes of memory)")
 
     # bitmaps: the 1st and 2nd bitmap share bitmap_blocks equally
     bitmap1 = sub_area_end
@@ -266,12 +268,12 @@ def open(source: Source) -> Dump:
 
     notes = []
     if sub["size_note"]:
-        notes = parse_notes(_read_header_area(source, sub["offset_note"], sub["size_note"],
-                                              sub_area_end, "ELF notes"), arch.byteorder)
-    cpus, dump_notes, vmcoreinfo = sort_notes(arch, notes)
+        notes = parse_notes(_read_header_area(source, sub["offset_note"], sub["size_note"], MAX_NOTE_BYTES,
+                                              sub_area_end, "ELF notes"), arch.byteorder, problems)
+    cpus, dump_notes, vmcoreinfo = sort_notes(arch, notes, problems)
     if vmcoreinfo is None and sub["size_vmcoreinfo"]:
-        vmcoreinfo = VmcoreInfo(_read_header_area(source, sub["offset_vmcoreinfo"],
-                                                  sub["size_vmcoreinfo"], sub_area_end, "VMCOREINFO"))
+        vmcoreinfo = VmcoreInfo(_read_header_area(source, sub["offset_vmcoreinfo"], sub["size_vmcoreinfo"],
+                                                  MAX_VMCOREINFO_BYTES, sub_area_end, "VMCOREINFO"))
 
     compression = _compression(hdr.status)
     _require_compression_module(name, compression)
@@ -280,7 +282,7 @@ def open(source: Source) -> Dump:
     meta = DumpMeta(format="kdump", writer=writer, dump_level=sub["dump_level"],
                     compression=compression, details=details, problems=problems,
                     kernel_release=uts["release"] or (vmcoreinfo.get("OSRELEASE") if vmcoreinfo else None),
-                    dump_time=datetime.fromtimestamp(hdr.tv_sec, timezone.utc) if hdr.tv_sec > 0 else None)
+                    dump_time=unix_time(hdr.tv_sec))
     if uts["nodename"]:
         details["nodename"] = uts["nodename"]
     if uts["version"]:
@@ -323,9 +325,12 @@ def _choose_arch(name: str, layout: Layout, machine: str):
     return arch, f"{arch.name}, guessed from the byte order (utsname.machine is empty)"
 
 
-def _read_header_area(source: Source, offset: int, size: int, area_end: int, what: str) -> bytes:
-    """Notes or VMCOREINFO text, which must lie in the sub-header area."""
-    if size > MAX_NOTES or offset < 0 or offset + size > area_end:
+def _read_header_area(source: Source, offset: int, size: int, limit: int, area_end: int,
+                      what: str) -> bytes:
+    """Notes or VMCOREINFO text, which must lie in the sub-header area and be at most `limit` bytes."""
+    if size > limit:
+        raise DamagedDump(f"{source.name}: kdump {what} size {size:#x} is more than {limit:#x} bytes")
+    if offset < 0 or offset + size > area_end:
         raise DamagedDump(f"{source.name}: kdump {what} at {offset:#x} of {size:#x} bytes lie outside "
                           f"the sub-header area (ends at {area_end:#x})")
     return source.read_exact(offset, size, f"kdump {what}")
@@ -430,6 +435,7 @@ class KdumpPages:
         self.table_start = table_start
         self.first_pfn, self.end_pfn = first_pfn, end_pfn
         self.meta = meta
+        self.cut_pfn: int | None = None     # the bitmaps hold more than MAX_MEMORY_RUNS runs from here
         self.cache = PageCache()        # decoded pages, for random readers
         self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
         self.batches: PageCache | None = None   # batch -> its pages decoded ahead, back to back
@@ -482,6 +488,9 @@ class KdumpPages:
             descriptor += end - start
         for start, end in excluded:
             chunks.append(MemoryChunk(start << shift, (end - start) << shift, PageState.EXCLUDED))
+        if self.cut_pfn is not None:
+            chunks.append(MemoryChunk(self.cut_pfn << shift, (self.end_pfn - self.cut_pfn) << shift,
+                                      PageState.MISSING))
         self.meta.details["dumpable_pages"] = count
         lost_pages = sum(end - start for start, end in lost)
         if lost_pages:
@@ -510,12 +519,20 @@ class KdumpPages:
             length = min(BITMAP_PIECE, end_byte - offset)
             dumpable = self.source.read_exact(self.bitmap2 + offset, length, "kdump 2nd bitmap")
             existing = self.source.read_exact(self.bitmap1 + offset, length, "kdump 1st bitmap")
-            present.extend(set_bit_runs(dumpable, 8 * offset))
+            marks = len(present), len(excluded)
+            budget = MAX_MEMORY_RUNS - sum(marks) + 1
+            present.extend(islice(set_bit_runs(dumpable, 8 * offset), budget))
             if existing != dumpable:
                 only_existing = (int.from_bytes(existing, "little")
                                  & ~int.from_bytes(dumpable, "little")).to_bytes(length, "little")
-                excluded.extend(set_bit_runs(only_existing, 8 * offset))
-        bounds = (self.first_pfn, self.end_pfn)
+                excluded.extend(islice(set_bit_runs(only_existing, 8 * offset), budget))
+            if len(present) + len(excluded) > MAX_MEMORY_RUNS:
+                del present[marks[0]:], excluded[marks[1]:]
+                self.cut_pfn = max(self.first_pfn, 8 * offset)
+                self._problem(f"the kdump bitmaps hold more than {MAX_MEMORY_RUNS} runs of pages; "
+                              f"memory from {self.cut_pfn << self.page_shift:#x} on is not served")
+                break
+        bounds = (self.first_pfn, self.end_pfn if self.cut_pfn is None else self.cut_pfn)
         return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
 
     def _lost_descriptors(self, count: int) -> list[tuple[int, int]]:

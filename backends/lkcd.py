@@ -16,11 +16,11 @@ import bisect
 import struct
 import zlib
 from array import array
-from datetime import datetime, timezone
 
 from construct import Array, Bytes, Int16ub, Int32ub, Int64ub, Struct
 
 from dumpfs.arch import s390x
+from dumpfs.clock import unix_time
 from dumpfs.backends.s390 import cpus_from_lowcores
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
@@ -257,9 +257,7 @@ class LkcdDump:
             text = _text(getattr(hdr, f"utsname_{field}"))
             if text and text != "<unknown>":
                 details[f"utsname {field}"] = text
-        when = None
-        if hdr.time_tv_sec:
-            when = datetime.fromtimestamp(hdr.time_tv_sec + hdr.time_tv_usec / 1e6, timezone.utc)
+        when = unix_time(hdr.time_tv_sec + hdr.time_tv_usec / 1e6) if hdr.time_tv_sec else None
         release = _text(hdr.utsname_release)
         writer = "zfcpdump (v1/v2)" if _text(hdr.panic_string).startswith("zSeries-dump") else "LKCD (vmconvert or zfcpdump)"
         return DumpMeta(format="lkcd", writer=writer, dump_time=when,

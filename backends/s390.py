@@ -36,6 +36,9 @@ SEGMENT_HEADER_SIZE = 0x1000
 ENTRY_UNCOMPRESSED = 0x80000000        # entry_offset bit 31: stored raw
 ENTRY_MAX = (SEGMENT_HEADER_SIZE - 0x34) // 4
 MAX_MEM_SIZE = 1 << 50                 # 1 PiB: more than any IBM Z machine has
+# The dump tools and zgetdump write 1 MiB zlib entries; an entry is decoded whole and 64 of them
+# are cached, so its size bounds the cache: 4 MiB entries (four times the real ones) are 256 MiB.
+MAX_ZLIB_ENTRY_SIZE = 4 << 20
 
 
 # struct df_s390_dump_segm_hdr, 4096 bytes in front of every segment's data (hot: struct)
@@ -227,6 +230,9 @@ class S390Dump:
             raise DamagedDump(f"{where}: cpu_cnt {hdr.cpu_cnt} exceeds the {CPU_MAX} lc_vec entries")
         if hdr.mem_size == 0 or hdr.mem_size > MAX_MEM_SIZE:
             raise DamagedDump(f"{where}: mem_size {hdr.mem_size:#x} is absurd")
+        if hdr.zlib_entry_size > MAX_ZLIB_ENTRY_SIZE:
+            raise DamagedDump(f"{where}: zlib_entry_size {hdr.zlib_entry_size:#x} is more than "
+                              f"{MAX_ZLIB_ENTRY_SIZE:#x}")
         if hdr.zlib_version_s390 and hdr.version != 2:
             raise DamagedDump(f"{where}: zlib_version_s390 {hdr.zlib_version_s390} "
                               f"with header version {hdr.version} (only version 2 compresses)")

@@ -49,6 +49,10 @@ TOOL_HEAD = struct.pack(">QQ", 0x0008000080002018,     # IPL PSW: entry 0x2018
 END_MARKER = b"DUMP_END"
 END_OF_VOLUME = b"ENDOFVOL"             # legacy multi-cartridge dumps: more on the next cartridge
 MIB = 1 << 20
+# The longest block a tape dump has is 32 KiB of memory (the header 4 KiB, the tool 12 KiB);
+# tape drives read at most 256 KiB in one block.  An AWSTAPE block longer than that has lost
+# its end-of-record flag: its pieces would otherwise pile up to the size of the file.
+MAX_BLOCK = 256 << 10
 
 # AWSTAPE block header (Hercules, P/390), little-endian, in front of every block segment
 AwsHeader = Struct(
@@ -155,13 +159,16 @@ def aws_blocks(source: Source):
             raise DamagedDump(f"the file ends inside a block at {offset:#x} "
                               f"({len(data)} of {h.curblkl} bytes)")
         parts.append(data)
+        if sum(map(len, parts)) > MAX_BLOCK:
+            raise DamagedDump(f"AWSTAPE block at {offset:#x}: its pieces make more than {MAX_BLOCK} "
+                              f"bytes without an end-of-record flag (flags1)")
         offset += 6 + h.curblkl
         if h.flags1 & AWS_ENDREC or not h.flags1:
             yield b"".join(parts)
             parts = []
 
 
-def device_blocks(fd: int, limit: int = 1 << 18):
+def device_blocks(fd: int, limit: int = MAX_BLOCK):
     """Blocks from a tape character device: one read() is one block; 0 bytes is a tapemark."""
     while True:
         try:

@@ -40,7 +40,9 @@ FMBK_ID = "HCPDFMBK".encode("cp500")
 ASIZBK_ID = "ASIZBK  ".encode("cp500")
 FIR_BIG, FIR_CLASSIC, FIR_ESA = 0x02, 0x82, 0x00
 MAX_CPUS = 512
-MAX_MEM_SIZE = 1 << 50
+# z/VM 7.3 gives a guest at most 4 TiB of storage; 64 TiB is room to spare.  The page map has
+# one entry per 16 MiB group, so the bound keeps it to 4 Mi entries whatever ASIZBK claims.
+MAX_MEM_SIZE = 1 << 46
 EAGER_KEY_PAGES = 4096             # count through at open up to 64 GiB of key-paged storage
 
 # ADSR, record 1 (first 88 bytes)

@@ -6,9 +6,11 @@ Shared by the readers in backends/ (s390, multi-volume, tape, LKCD) and the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
+
+from dumpfs.clock import unix_time
 
 MAGIC_S390 = 0xA8190173618F23FD        # plain
 MAGIC_S390_EXT = 0xA8190173618F23FE    # extended (segments), also the multi-volume signature
@@ -64,7 +66,7 @@ def tod_to_datetime(tod: int) -> datetime | None:
     microseconds = (tod - TOD_UNIX_EPOCH) >> 12
     if microseconds < 1_000_000:
         return None
-    return datetime.fromtimestamp(microseconds / 1e6, timezone.utc)
+    return unix_time(microseconds / 1e6)
 
 
 def datetime_to_tod(when: datetime) -> int:
