@@ -185,11 +185,15 @@ class KernelMemory:
         except TranslationError:
             raise
         except MemoryUnavailable as exc:
-            if size > self.page_size - physical % self.page_size:     # which page of the run?
-                first = self.page_size - physical % self.page_size
-                return (self._read_physical(address, physical, first)
-                        + self._read_physical(address + first, physical + first, size - first))
-            raise TranslationError(address, f"maps to physical {physical:#x}: {exc.reason}") from None
+            if size <= self.page_size - physical % self.page_size:
+                raise TranslationError(address, f"maps to physical {physical:#x}: "
+                                                f"{exc.reason}") from None
+        parts, done = [], 0                     # which page of the run is it?
+        while done < size:
+            length = min(size - done, self.page_size - (physical + done) % self.page_size)
+            parts.append(self._read_physical(address + done, physical + done, length))
+            done += length
+        return b"".join(parts)
 
     def _page(self, physical: int) -> bytes | None:
         """The whole physical page (cached), or None when the dump cannot give it whole
