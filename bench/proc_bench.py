@@ -38,15 +38,24 @@ RUNS = 3
 # the Python that has drgn (may differ from the one that runs dumpfs, e.g. a venv's)
 DRGN_PYTHON = os.environ.get("DRGN_PYTHON", sys.executable)
 
-DRGN = r"""
+# drgn on sys.argv[1] (the dump) with sys.argv[2] (the vmlinux): `program()` is a fresh one
+DRGN_PROGRAM = r"""
 import json, sys, time
 import drgn
 from drgn.helpers.linux.pid import for_each_task, find_task
 from drgn.helpers.linux.mm import access_remote_vm
+
+
+def program():
+    prog = drgn.Program()
+    prog.set_core_dump(sys.argv[1])
+    prog.load_debug_info([sys.argv[2]])
+    return prog
+"""
+
+DRGN = DRGN_PROGRAM + r"""
 t0 = time.perf_counter()
-prog = drgn.Program()
-prog.set_core_dump(sys.argv[1])
-prog.load_debug_info([sys.argv[2]])
+prog = program()
 t1 = time.perf_counter()
 tasks = [(int(t.pid), t.comm.string_()) for t in for_each_task(prog)]
 t2 = time.perf_counter()
@@ -57,21 +66,14 @@ print(json.dumps({"load": t1 - t0, "list": t2 - t1, "heap": t3 - t2, "tasks": le
                   "heap_ok": data.count(sys.argv[6].encode()[:1]) > 0}))
 """
 
-
-DRGN_WALK = r"""
-import json, sys, time
-import drgn
-from drgn.helpers.linux.pid import for_each_task
+# the walk with every comm, on a fresh program each run (cold caches, as dumpfs' fresh mount)
+DRGN_WALK = DRGN_PROGRAM + r"""
 t0 = time.perf_counter()
-prog = drgn.Program()
-prog.set_core_dump(sys.argv[1])
-prog.load_debug_info([sys.argv[2]])
+program()
 t1 = time.perf_counter()
 times = []
 for _ in range(int(sys.argv[3])):
-    prog = drgn.Program()
-    prog.set_core_dump(sys.argv[1])
-    prog.load_debug_info([sys.argv[2]])
+    prog = program()
     t2 = time.perf_counter()
     tasks = [(int(t.pid), t.comm.string_()) for t in for_each_task(prog)]
     times.append(time.perf_counter() - t2)
