@@ -2,7 +2,9 @@
 """proc/ benchmark: list the processes and read a process's 1 MiB heap through a dumpfs
 mount, against drgn (for_each_task; access_remote_vm on the task's mm) on the same dump.
 
-    python3 bench/proc_bench.py [--append bench/RESULTS.md]
+    python3 bench/proc_bench.py [--append bench/RESULTS.md] [--scale-only]
+
+(DRGN_PYTHON=/path/to/python runs drgn with another interpreter than dumpfs.)
 
 Each dumpfs figure is a fresh mount (cold caches of dumpfs; the dump file itself is in the
 OS page cache after the first run).  drgn's time to load the vmlinux's debug info is
@@ -29,16 +31,31 @@ CASES = [  # folder, dump, vmlinux for drgn (None: drgn cannot get types for it)
     ("x86_64-debian", "qemu-elf.vmcore.xz", None),
     ("s390x-custom", "qemu-dgm.elf.xz", "vmlinux-6.1.192-dumpfs.xz"),
 ]
+# the scale case: a guest with 2,555 processes; drgn reads the distro's debug vmlinux
+SCALE = ("x86_64-debian-many", "mkdf-raw-d31.kdump.xz",
+         Path.home() / ".cache/dumpfs/debug-vmlinux/vmlinux-6.1.0-57-amd64")
+RUNS = 3
+# the Python that has drgn (may differ from the one that runs dumpfs, e.g. a venv's)
+DRGN_PYTHON = os.environ.get("DRGN_PYTHON", sys.executable)
 
-DRGN = r"""
+# drgn on sys.argv[1] (the dump) with sys.argv[2] (the vmlinux): `program()` is a fresh one
+DRGN_PROGRAM = r"""
 import json, sys, time
 import drgn
 from drgn.helpers.linux.pid import for_each_task, find_task
 from drgn.helpers.linux.mm import access_remote_vm
+
+
+def program():
+    prog = drgn.Program()
+    prog.set_core_dump(sys.argv[1])
+    prog.load_debug_info([sys.argv[2]])
+    return prog
+"""
+
+DRGN = DRGN_PROGRAM + r"""
 t0 = time.perf_counter()
-prog = drgn.Program()
-prog.set_core_dump(sys.argv[1])
-prog.load_debug_info([sys.argv[2]])
+prog = program()
 t1 = time.perf_counter()
 tasks = [(int(t.pid), t.comm.string_()) for t in for_each_task(prog)]
 t2 = time.perf_counter()
@@ -47,6 +64,20 @@ data = access_remote_vm(task.mm, int(sys.argv[4]), int(sys.argv[5]))
 t3 = time.perf_counter()
 print(json.dumps({"load": t1 - t0, "list": t2 - t1, "heap": t3 - t2, "tasks": len(tasks),
                   "heap_ok": data.count(sys.argv[6].encode()[:1]) > 0}))
+"""
+
+# the walk with every comm, on a fresh program each run (cold caches, as dumpfs' fresh mount)
+DRGN_WALK = DRGN_PROGRAM + r"""
+t0 = time.perf_counter()
+program()
+t1 = time.perf_counter()
+times = []
+for _ in range(int(sys.argv[3])):
+    prog = program()
+    t2 = time.perf_counter()
+    tasks = [(int(t.pid), t.comm.string_()) for t in for_each_task(prog)]
+    times.append(time.perf_counter() - t2)
+print(json.dumps({"load": t1 - t0, "list": sorted(times)[len(times) // 2], "tasks": len(tasks)}))
 """
 
 
@@ -78,10 +109,71 @@ def time_dumpfs(dump: Path, vmlinux: Path | None, pid: int, start: int, size: in
             "heap_bytes": len(data)}
 
 
+def time_listing(dump: Path) -> dict:
+    """A fresh mount: `ls proc/` then every process's `comm`."""
+    with tempfile.TemporaryDirectory() as mnt:
+        done = dumpfs("mount", dump, mnt)
+        if done.returncode:
+            raise RuntimeError(done.stderr)
+        try:
+            t0 = time.perf_counter()
+            pids = os.listdir(Path(mnt) / "proc")
+            t1 = time.perf_counter()
+            for p in pids:
+                (Path(mnt) / "proc" / p / "comm").read_bytes()
+            t2 = time.perf_counter()
+        finally:
+            dumpfs("umount", mnt)
+    return {"ls": t1 - t0, "list": t2 - t0, "tasks": len(pids)}
+
+
+def median(runs: list[dict], key: str) -> float:
+    return sorted(r[key] for r in runs)[len(runs) // 2]
+
+
+def scale_case() -> dict:
+    """x86_64-debian-many: fresh mount, `ls proc` + every `comm`, median of RUNS; drgn walks
+    the same task list reading every comm (its debug-info load apart)."""
+    folder, name, vmlinux = SCALE
+    dump = fc.unpacked(folder, name)
+    runs = [time_listing(dump) for _ in range(RUNS)]
+    row = {"dump": f"{folder}/{name}", "runs": runs, "ls": median(runs, "ls"),
+           "list": median(runs, "list"), "tasks": runs[0]["tasks"]}
+    if vmlinux.exists():
+        done = subprocess.run([DRGN_PYTHON, "-c", DRGN_WALK, str(dump), str(vmlinux), str(RUNS)],
+                              capture_output=True, text=True, timeout=1200)
+        row["drgn"] = json.loads(done.stdout) if done.returncode == 0 else \
+            {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    else:
+        row["drgn"] = {"error": f"no {vmlinux}"}
+    return row
+
+
+def scale_lines(row: dict) -> list[str]:
+    drgn = row["drgn"]
+    lines = ["", f"Scale: {row['dump']} ({row['tasks']} processes), fresh mount, median of "
+             f"{RUNS}: `ls proc` {row['ls']:.3f} s, `ls proc` + every `comm` {row['list']:.3f} s "
+             "(target < 2 s)."]
+    if "error" in drgn:
+        lines.append(f"drgn: {drgn['error']}")
+    else:
+        lines.append(f"drgn (debug vmlinux, load {drgn['load']:.1f} s apart): for_each_task + "
+                     f"every comm {drgn['list']:.3f} s ({drgn['tasks']} tasks); ratio "
+                     f"{row['list'] / drgn['list']:.1f}x (target <= 10x).")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--append", metavar="RESULTS.md")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="only the x86_64-debian-many listing case")
     args = parser.parse_args()
+    scale = scale_case()
+    print(json.dumps(scale), flush=True)
+    if args.scale_only:
+        print("\n".join(scale_lines(scale)))
+        return 0
     rows = []
     for folder, name, vmlinux_name in CASES:
         truth = fc.truth(folder)
@@ -97,7 +189,7 @@ def main() -> int:
                 env = dict(os.environ, DUMPFS_CACHE_DIR=cache)
                 row["dumpfs_dwarf_first"] = time_dumpfs(dump, vmlinux, heap["pid"], start, size, env)
                 row["dumpfs_dwarf_cached"] = time_dumpfs(dump, vmlinux, heap["pid"], start, size, env)
-            done = subprocess.run([sys.executable, "-c", DRGN, str(dump), str(vmlinux), str(heap["pid"]),
+            done = subprocess.run([DRGN_PYTHON, "-c", DRGN, str(dump), str(vmlinux), str(heap["pid"]),
                                    str(start), str(size), heap["pattern"]],
                                   capture_output=True, text=True, timeout=600)
             row["drgn"] = json.loads(done.stdout) if done.returncode == 0 else \
@@ -132,6 +224,7 @@ def main() -> int:
                          f"| {r['heap']:.3f} " + tail)
         if "error" in drgn:
             remarks.append(f"drgn on {row['dump']}: {drgn['error']}")
+    lines += scale_lines(scale)
     lines.append("")
     lines += [f"- {r}" for r in remarks]
     lines.append("\nRatios are dumpfs time / drgn time (lower is better for dumpfs); "

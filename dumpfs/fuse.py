@@ -9,7 +9,9 @@ keeps its entries' names and attributes only that many seconds.
 
 Anything that may touch the dump (a file read, a lazily computed size, a
 directory whose children are built on first listing) runs in a worker
-thread, so one slow decompression never stalls `ls` in another shell.  Any
+thread, so one slow decompression never stalls `ls` in another shell; what
+is quick (a folder's attributes, a built folder, nodes marked `inline`) is
+first tried on the event loop without waiting (`dumpfs.model.without_waiting`).  Any
 exception from the tree becomes an errno for the caller and a debug log line;
 pyfuse3 would otherwise end the main loop on the first unexpected exception.
 """
@@ -139,6 +141,18 @@ class Operations(pyfuse3.Operations):
             self._limiter = trio.CapacityLimiter(self.threads)
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    async def _quick(self, quick: bool, fn: Callable, *args):
+        """`fn(*args)` on the event loop when `quick` and it needs no waiting (reads of cached
+        pages, formatting what is already read: a thread hop would cost more), else in a
+        worker thread."""
+        if quick:
+            try:
+                with without_waiting():
+                    return fn(*args)
+            except WouldBlock:
+                pass
+        return await self._blocking(fn, *args)
+
     def _log_failure(self, op: str, args: tuple, exc: Exception, code: int) -> None:
         """One debug line per distinct failure: a tool retrying a bad page must not flood the log."""
         key = (op, args[:1], type(exc), str(exc))
@@ -187,6 +201,8 @@ class Operations(pyfuse3.Operations):
             try:
                 attr.st_size = node.size
                 attr.st_blocks = (node.stored + 511) // 512
+            except WouldBlock:
+                raise                   # tried on the event loop: a worker thread computes it
             except Exception as exc:    # noqa: BLE001 - the read will say what is wrong
                 self._log_failure("getattr", (attr.st_ino,), exc, _errno_of(exc))
                 attr.st_size = 0
@@ -203,7 +219,8 @@ class Operations(pyfuse3.Operations):
         inode = self.inode_of(node)
         attr = self._attrs.get(inode)
         if attr is None:
-            attr = await self._blocking(self._make_attr, node)
+            quick = isinstance(node, Dir) or node.inline    # a folder's attributes are fixed
+            attr = await self._quick(quick, self._make_attr, node)
             self._attrs[inode] = attr
             self._nodes[inode] = node
         return attr
@@ -218,7 +235,7 @@ class Operations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if text == ".":
             return await self._attr(parent)
-        node = await self._blocking(parent.lookup, text)
+        node = await self._quick(parent.built or parent.inline, parent.lookup, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self._adopt(parent, node)
@@ -236,7 +253,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        children = await self._blocking(lambda: sorted(node.children.items()))
+        children = await self._quick(node.built or node.inline,
+                                     lambda: sorted(node.children.items()))
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = [(os.fsencode(name), child) for name, child in children]

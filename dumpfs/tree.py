@@ -108,11 +108,12 @@ class File(Node):
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes | Callable[[], bytes], mtime: float | None = None,
-                   failures: tuple[type[BaseException], ...] = ()) -> "File":
+                   failures: tuple[type[BaseException], ...] = (), inline: bool = False) -> "File":
         """A small file whose whole content is computed at most once.
 
         An exception of a `failures` type is kept too: every stat and read of
         the file then fails with EIO and its message, without computing again.
+        `inline`: computing the content is quick (formatting what is already read).
         """
         cell: list[tuple[bool, object]] = []
         lock = threading.Lock()
@@ -130,7 +131,7 @@ class File(Node):
             return value
 
         return cls(name, lambda: len(content()),
-                   lambda offset, length: content()[offset:offset + length], mtime)
+                   lambda offset, length: content()[offset:offset + length], mtime, inline=inline)
 
 
 class Dir(Node):
@@ -140,10 +141,12 @@ class Dir(Node):
     and go (a dump directory) sets it."""
 
     def __init__(self, name: str, children: Iterable[Node] | Callable[[], Iterable[Node]] = (),
-                 mtime: float | None = None, access: Access | None = None):
+                 mtime: float | None = None, access: Access | None = None, inline: bool = False):
         super().__init__(name)
         self.access = access
         """Applies to this directory and everything below it, unless a subfolder has its own."""
+        self.inline = inline
+        """Building the children is quick (like File.inline: worth trying without waiting)."""
         self._factory = children if callable(children) else None
         self._children: dict[str, Node] | None = None if callable(children) else {
             c.name: c for c in children}
@@ -157,6 +160,11 @@ class Dir(Node):
                 if self._children is None:
                     self._children = {c.name: c for c in self._factory()}
         return self._children
+
+    @property
+    def built(self) -> bool:
+        """The children are there: listing or looking up costs nothing."""
+        return self._children is not None
 
     def add(self, node: Node) -> Node:
         self.children[node.name] = node

@@ -69,7 +69,7 @@ class DatSpace(AddressSpace):
             raise TranslationError(address, f"{table_name} table entry at physical {slot:#x} "
                                             f"unreadable: {exc.reason}") from None
 
-    def translate(self, address: int) -> tuple[int, int]:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
         dt, table, tl, tf = self.dt, self.origin, self.tl, 0
         top_shift = LEVELS[dt][1] + 11
         if top_shift < 64 and address >> top_shift:

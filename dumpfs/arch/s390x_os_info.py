@@ -113,5 +113,5 @@ class S390IdentityMap(AddressSpace):
             return address - self.identity_base
         return address - self.kaslr_offset + self.kaslr_off_phys
 
-    def translate(self, address: int) -> tuple[int, int]:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
         return self.physical(address), 0x1000 - address % 0x1000

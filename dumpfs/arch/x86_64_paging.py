@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from dumpfs.errors import MemoryUnavailable, TranslationError
@@ -27,6 +28,9 @@ LEVEL_NAMES = {5: ("PML5", "P4D", "PUD", "PMD", "PTE"), 4: ("PGD", "PUD", "PMD",
 SHIFTS = {5: (48, 39, 30, 21, 12), 4: (39, 30, 21, 12)}
 
 
+_PTES = [struct.Struct(f"<{n}Q") for n in range(512)]     # the entries after one, at most 511
+
+
 class X86_64Paging(AddressSpace):
     """Page tables rooted at physical `pgd` (a CR3 value: low flag/PCID bits are ignored)."""
 
@@ -40,7 +44,9 @@ class X86_64Paging(AddressSpace):
         self.name = f"x86_64 {levels}-level page tables at {self.pgd:#x}"
         self._top_bit = 56 if levels == 5 else 47
 
-    def translate(self, address: int) -> tuple[int, int]:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
+        """With `want` beyond this page, the run goes on over the following entries of the
+        same page table (one table covers 2 MiB) while they map the next physical pages."""
         top = address >> self._top_bit
         if top not in (0, (1 << (64 - self._top_bit)) - 1):
             raise TranslationError(address, "not canonical")
@@ -62,7 +68,20 @@ class X86_64Paging(AddressSpace):
                 return (entry & self.address_mask & ~(size - 1)) | offset, size - offset
             table = entry & self.address_mask
         offset = address & 0xFFF
-        return table | offset, 0x1000 - offset
+        physical = table | offset
+        if want <= 0x1000 - offset:
+            return physical, 0x1000 - offset
+        index = (address >> 12) & 511
+        count = min(512 - index, (offset + want + 0xFFF) >> 12)
+        ptes = self.cache.page(slot)      # the PTE table holding the entry just read
+        mask, expected = self.address_mask, table
+        pages = 1
+        for entry in _PTES[count - 1].unpack_from(ptes, slot % 4096 + 8):
+            expected += 0x1000
+            if not entry & _PAGE_PRESENT or entry & mask != expected:
+                break
+            pages += 1
+        return physical, (pages << 12) - offset
 
 
 class KernelImageSpace(AddressSpace):
@@ -73,10 +92,12 @@ class KernelImageSpace(AddressSpace):
         self.image_size = image_size
         self.name = f"kernel image map (phys_base {phys_base:#x})"
 
-    def translate(self, address: int) -> tuple[int, int]:
-        if not START_KERNEL_MAP <= address < START_KERNEL_MAP + self.image_size:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
+        end = START_KERNEL_MAP + self.image_size
+        if not START_KERNEL_MAP <= address < end:
             raise TranslationError(address, "outside the kernel image mapping")
-        return image_to_physical(address, self.phys_base), 0x1000 - address % 0x1000
+        return (image_to_physical(address, self.phys_base),
+                max(0x1000 - address % 0x1000, min(want, end - address)))
 
 
 def image_to_physical(address: int, phys_base: int) -> int:

@@ -29,7 +29,8 @@ __all__ = ["AddressSpace", "FallbackSpace", "IdentitySpace", "KernelMemory", "Ta
 
 
 class TableCache:
-    """A bounded LRU of page-table pages by physical address (shared by the walks of one dump)."""
+    """A bounded LRU of physical pages by address: page-table pages (shared by the walks of
+    one dump), or the pages small reads touch."""
 
     def __init__(self, dump: Dump, capacity: int = 512, page_size: int = 4096):
         self.dump = dump
@@ -50,12 +51,35 @@ class TableCache:
 
 
 class AddressSpace:
-    """One virtual address space; `translate` returns (physical, bytes mapped from there on)."""
+    """One virtual address space; `translate` returns (physical, bytes mapped from there on).
+
+    `want` is how many bytes the caller is after: a space may then answer a longer run than
+    one page where the following pages are physically contiguous (x86_64 reads a whole
+    page-table page of entries at once), so a large read translates once per run."""
 
     name = "address space"
 
-    def translate(self, address: int) -> tuple[int, int]:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
         raise NotImplementedError
+
+    def runs(self, address: int, size: int):
+        """(virtual, physical, length) of the physically contiguous runs of [address,
+        address + size), in order; raises TranslationError where a page does not translate
+        (after yielding the runs before it)."""
+        end = address + size
+        run = None
+        while address < end:
+            physical, mapped = self.translate(address, end - address)
+            length = min(mapped, end - address)
+            if run is not None and run[1] + run[2] == physical:
+                run[2] += length
+            else:
+                if run is not None:
+                    yield tuple(run)
+                run = [address, physical, length]
+            address += length
+        if run is not None:
+            yield tuple(run)
 
 
 class IdentitySpace(AddressSpace):
@@ -67,8 +91,8 @@ class IdentitySpace(AddressSpace):
         self.offset = offset
         self.page_size = page_size
 
-    def translate(self, address: int) -> tuple[int, int]:
-        return address - self.offset, self.page_size - address % self.page_size
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
+        return address - self.offset, max(want, self.page_size - address % self.page_size)
 
 
 class FallbackSpace(AddressSpace):
@@ -78,27 +102,31 @@ class FallbackSpace(AddressSpace):
         self.first, self.second = first, second
         self.name = f"{first.name}, else {second.name}"
 
-    def translate(self, address: int) -> tuple[int, int]:
+    def translate(self, address: int, want: int = 0) -> tuple[int, int]:
         try:
-            return self.first.translate(address)
+            return self.first.translate(address, want)
         except MemoryUnavailable as first_error:
             try:
-                return self.second.translate(address)
+                return self.second.translate(address, want)
             except MemoryUnavailable:
                 raise first_error from None
 
 
 class KernelMemory:
-    """Reads virtual memory of one address space, with a small bounded TLB."""
+    """Reads virtual memory of one address space, with a small bounded TLB and a bounded
+    cache of the physical pages that small reads touched (a task walk reads a few members
+    of each task_struct, list pointer and all, from the same pages), shared like `tables`."""
 
     TLB_ENTRIES = 4096
+    PAGE_CACHE_ENTRIES = 1024           # 4 MiB of 4 KiB pages
 
     def __init__(self, dump: Dump, space: AddressSpace, page_size: int | None = None,
-                 tables: TableCache | None = None):
+                 tables: TableCache | None = None, pages: TableCache | None = None):
         self.dump = dump
         self.space = space
         self.tables = tables or TableCache(dump)     # shared with the user spaces it opens
         self.page_size = page_size or dump.page_size or 4096
+        self.pages = pages or TableCache(dump, self.PAGE_CACHE_ENTRIES, self.page_size)
         self.prefix = dump.arch.struct_prefix
         self.byteorder = dump.arch.byteorder
         self._tlb: OrderedDict[int, int] = OrderedDict()
@@ -125,22 +153,49 @@ class KernelMemory:
 
     # -- reads ----------------------------------------------------------------
     def read(self, address: int, size: int) -> bytes:
-        """`size` bytes at virtual `address`; raises MemoryUnavailable at the first bad page."""
+        """`size` bytes at virtual `address`; raises MemoryUnavailable at the first bad page.
+        Within one page: through the TLB and the page cache; longer: one read of the dump
+        per physically contiguous run (the page tables walked once per run)."""
         if size <= 0:
             return b""
-        parts = []
-        end = address + size
-        while address < end:
-            length = min(end, (address | (self.page_size - 1)) + 1) - address
+        offset = address & (self.page_size - 1)
+        if offset + size <= self.page_size:
             physical = self.translate(address)
-            try:
-                parts.append(self.dump.read_physical(physical, length))
-            except TranslationError:
-                raise
-            except MemoryUnavailable as exc:
-                raise TranslationError(address, f"maps to physical {physical:#x}: {exc.reason}") from None
-            address += length
+            page = self._page(physical - offset)
+            return page[offset:offset + size] if page is not None else \
+                self._read_physical(address, physical, size)
+        if not 0 <= address < 1 << 64:
+            raise TranslationError(address % (1 << 64), "address out of range")
+        parts = [self._read_physical(virtual, physical, length)
+                 for virtual, physical, length in self.space.runs(address, size)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_physical(self, address: int, physical: int, size: int) -> bytes:
+        """The dump's bytes of a run that virtual `address` maps to `physical`; a failure
+        names the first page of the run that cannot be read."""
+        try:
+            return self.dump.read_physical(physical, size)
+        except TranslationError:
+            raise
+        except MemoryUnavailable as exc:
+            if size <= self.page_size - physical % self.page_size:
+                raise TranslationError(address, f"maps to physical {physical:#x}: "
+                                                f"{exc.reason}") from None
+        parts, done = [], 0                     # which page of the run is it?
+        while done < size:
+            length = min(size - done, self.page_size - (physical + done) % self.page_size)
+            parts.append(self._read_physical(address + done, physical + done, length))
+            done += length
         return b"".join(parts)
+
+    def _page(self, physical: int) -> bytes | None:
+        """The whole physical page (cached), or None when the dump cannot give it whole
+        (then the caller reads just what it needs)."""
+        try:
+            page = self.pages.page(physical)
+        except MemoryUnavailable:
+            return None
+        return page if len(page) == self.page_size else None
 
     def read_with_holes(self, address: int, size: int) -> tuple[bytes, list[tuple[int, int, str]]]:
         """`size` bytes at `address`, a page that cannot be read as zeros; and those pages as

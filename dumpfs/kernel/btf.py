@@ -45,6 +45,14 @@ def _extra_size(kind: int, vlen: int) -> int:
     return 0
 
 
+# bytes of each kind's record after its btf_type: a fixed part and one per member (vlen)
+_FIXED_SIZE = tuple(12 + _extra_size(kind, 0) for kind in range(32))
+_MEMBER_SIZE = tuple(_extra_size(kind, 1) - _extra_size(kind, 0) for kind in range(32))
+# the kinds indexed by name, and the kind they are found as
+_INDEXED_KIND = {KIND_STRUCT: KIND_STRUCT, KIND_UNION: KIND_STRUCT, KIND_ENUM: KIND_ENUM,
+                 KIND_ENUM64: KIND_ENUM}
+
+
 def blob_size(header: bytes, prefix: str) -> int | None:
     """Bytes a BTF blob spans by its header (struct btf_header), None unless the header
     adds up: version 1, types before strings, at most MAX_BTF."""
@@ -77,22 +85,39 @@ class BtfTypes(Types):
         self.strings = bytes(blob[strings_start:strings_start + str_len])
         self._headers = struct.Struct(prefix + "III")
         self._offsets = [0]         # type id -> offset of its btf_type (id 0 is void)
-        self._named: dict[tuple[int, str], int] = {}
+        # (kind, name offset) -> the first type id of a named struct/union (as struct) or
+        # enum/enum64 (as enum); names are decoded only when looked up
+        self._named: dict[tuple[int, int], int] = {}
         position, end = types_start, types_start + type_len
         unpack = self._headers.unpack_from
+        offsets, named = self._offsets, self._named
+        fixed, per_member, indexed = _FIXED_SIZE, _MEMBER_SIZE, _INDEXED_KIND
+        type_id = 0
         while position < end:
-            if len(self._offsets) > MAX_TYPES:
+            type_id += 1
+            if type_id > MAX_TYPES:
                 raise BtfError(f"more than {MAX_TYPES} types")
             name_off, info, _size = unpack(blob, position)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            if kind in (KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64) and name_off:
-                key = (KIND_STRUCT if kind == KIND_UNION else
-                       KIND_ENUM if kind == KIND_ENUM64 else kind, self._name(name_off))
-                self._named.setdefault(key, len(self._offsets))
-            self._offsets.append(position)
-            position += 12 + _extra_size(kind, vlen)
+            kind = (info >> 24) & 0x1F
+            offsets.append(position)
+            if name_off and kind in indexed:
+                named.setdefault((indexed[kind], name_off), type_id)
+            position += fixed[kind] + per_member[kind] * (info & 0xFFFF)
         if position != end:
             raise BtfError("the last type runs past the type section")
+
+    def _named_id(self, kind: int, name: str) -> int | None:
+        """The first type id of `kind` named `name` (every copy of the string is tried: BTF
+        deduplicates its strings, a hostile one may not)."""
+        wanted = b"\0" + name.encode() + b"\0"
+        found = None
+        at = self.strings.find(wanted)
+        while at >= 0:
+            type_id = self._named.get((kind, at + 1))
+            if type_id is not None and (found is None or type_id < found):
+                found = type_id
+            at = self.strings.find(wanted, at + 1)
+        return found
 
     def _name(self, offset: int) -> str:
         end = self.strings.find(b"\0", offset)
@@ -180,7 +205,7 @@ class BtfTypes(Types):
 
     # -- Types ----------------------------------------------------------------
     def _struct(self, name: str) -> StructLayout | None:
-        type_id = self._named.get((KIND_STRUCT, name))
+        type_id = self._named_id(KIND_STRUCT, name)
         if type_id is None:
             return None
         members: dict = {}
@@ -188,7 +213,7 @@ class BtfTypes(Types):
         return StructLayout(name, self._type(type_id)[4], members)
 
     def _enum(self, name: str) -> dict[str, int] | None:
-        type_id = self._named.get((KIND_ENUM, name))
+        type_id = self._named_id(KIND_ENUM, name)
         if type_id is None:
             return None
         kind, vlen, kind_flag, _name, _size = self._type(type_id)

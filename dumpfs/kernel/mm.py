@@ -145,7 +145,8 @@ class MmWalker:
         except MemoryUnavailable as exc:
             raise WalkError(f"mm->pgd {mm['pgd']:#x} does not translate: {exc}") from None
         tables = self.kmem.tables
-        return KernelMemory(self.dump, self.arch.user_space(self.dump, root, tables), tables=tables)
+        return KernelMemory(self.dump, self.arch.user_space(self.dump, root, tables), tables=tables,
+                            pages=self.kmem.pages)
 
     def task_size(self, mm: dict[str, int]) -> int:
         return self.arch.task_size(mm)

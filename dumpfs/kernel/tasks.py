@@ -164,6 +164,9 @@ class Members:
     def read(self, kmem: KernelMemory, address: int) -> tuple[dict, dict[str, str]]:
         """(member -> value, member -> why it cannot be read) of the struct at `address`."""
         data, holes = kmem.read_with_holes(address + self.start, self.end - self.start)
+        if not holes:
+            return {name: layout.unpack_from(data, offset - self.start)[0]
+                    for name, offset, layout in self.layouts}, {}
         values, missing = {}, {}
         for name, offset, layout in self.layouts:
             at = offset - self.start
@@ -204,9 +207,15 @@ class TaskWalker:
         members = dict(TASK_MEMBERS)
         if self.t["__state"] is None:
             members["state"] = ("state", "Q")
-        self._task_members = Members(self.prefix, {
-            name: (self.t[member], fmt) for name, (member, fmt) in members.items()
-            if self.t[member] is not None})
+        layouts = {name: (self.t[member], fmt) for name, (member, fmt) in members.items()
+                   if self.t[member] is not None}
+        # the task's own node of its thread list: a list of one tells without reading more
+        self._thread_link = self.t.thread_node if self.t.thread_node is not None else \
+            self.t.thread_group
+        if self._thread_link is not None:
+            layouts["thread_next"] = (self._thread_link, "Q")
+            layouts["thread_prev"] = (self._thread_link + 8, "Q")
+        self._task_members = Members(self.prefix, layouts)
         self._cred_members = Members(self.prefix, {name: (self.cred[name], "I")
                                                    for name in CRED_MEMBERS})
         self.init_pid_ns = symbols.address("init_pid_ns")
@@ -444,6 +453,8 @@ class TaskWalker:
         t = self.t
         what = f"threads of pid {leader.pid}"
         addresses: list[int] = []
+        if self._alone(leader):
+            return [leader]
         if t.thread_node is not None and self.sig.thread_head is not None:
             signal = leader.get("signal")
             if signal:
@@ -463,6 +474,20 @@ class TaskWalker:
                 if task is not None:
                     others[address] = task
         return [leader] + sorted(others.values(), key=lambda task: task.pid)
+
+    def _alone(self, leader: Task) -> bool:
+        """The leader is its group's only thread: its own node of the thread list (read with
+        the task) points both ways at the list's head (signal->thread_head), or at itself
+        (thread_group, before thread_node)."""
+        following, previous = leader.get("thread_next"), leader.get("thread_prev")
+        if following is None or following != previous:
+            return False
+        if self.t.thread_node is not None:
+            if self.sig.thread_head is None:
+                return False
+            signal = leader.get("signal")
+            return bool(signal) and following == signal + self.sig.thread_head
+        return following == leader.address + self._thread_link
 
     def threads_of(self, leader: Task) -> list[Task]:
         """The leader first, then the other threads of its group (as the last walk found them,

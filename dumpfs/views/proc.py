@@ -51,9 +51,10 @@ def _eio(what: str, exc: Exception) -> OSError:
     return OSError(errno.EIO, f"{what}: {exc}")
 
 
-def computed(name: str, compute) -> File:
-    """A process file computed on first use; walking failures become EIO with the reason."""
-    return File.from_bytes(name, compute, failures=ERRORS)
+def computed(name: str, compute, inline: bool = False) -> File:
+    """A process file computed on first use; walking failures become EIO with the reason.
+    `inline`: formatted from what the task walk read (comm, status, stat)."""
+    return File.from_bytes(name, compute, failures=ERRORS, inline=inline)
 
 
 class Process:
@@ -220,9 +221,9 @@ def comm_text(task: Task) -> bytes:
 
 def task_dir(process: Process, task: Task) -> Dir:
     return Dir(str(task.pid), [
-        computed("comm", lambda: comm_text(task)),
-        computed("status", lambda: status_text(task, None)),
-        computed("stat", lambda: stat_text(task)),
+        computed("comm", lambda: comm_text(task), inline=True),
+        computed("status", lambda: status_text(task, None), inline=True),
+        computed("stat", lambda: stat_text(task), inline=True),
     ])
 
 
@@ -231,10 +232,10 @@ def process_dir(process: Process) -> Dir:
 
     def children():
         nodes = [
-            computed("comm", lambda: comm_text(task)),
-            computed("status", lambda: status_text(task, len(process.threads))),
-            computed("stat", lambda: stat_text(task)),
-            Dir("task", lambda: [task_dir(process, t) for t in process.threads]),
+            computed("comm", lambda: comm_text(task), inline=True),
+            computed("status", lambda: status_text(task, len(process.threads)), inline=True),
+            computed("stat", lambda: stat_text(task), inline=True),
+            Dir("task", lambda: [task_dir(process, t) for t in process.threads], inline=True),
         ]
         if task.is_kernel_thread:
             nodes.append(File.from_bytes("cmdline", b""))
@@ -248,7 +249,7 @@ def process_dir(process: Process) -> Dir:
             Dir("regions", lambda: region_files(process)),
         ]
         return nodes
-    return Dir(str(task.pid), children)
+    return Dir(str(task.pid), children, inline=True)     # closures only: nothing read
 
 
 def user_text_file(process: Process, name: str, start_key: str, end_key: str) -> File:
