@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 
 from dumpfs.errors import MemoryUnavailable
-from dumpfs.model import WouldBlock, without_waiting
+from dumpfs.waiting import WouldBlock, without_waiting
 from dumpfs.tree import Access, Dir, Node
 
 log = logging.getLogger(__name__)

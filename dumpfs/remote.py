@@ -44,7 +44,7 @@ from fsspec.asyn import sync
 
 from dumpfs.cache import cache_dir
 from dumpfs.errors import DumpError, MissingPart, NoDump
-from dumpfs.model import WouldBlock, waiting_forbidden
+from dumpfs.waiting import WouldBlock, waiting_forbidden
 from dumpfs.source import Source
 from dumpfs.url import is_url, redact, redact_all
 

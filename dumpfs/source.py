@@ -11,7 +11,7 @@ import stat
 
 from dumpfs.buffers import scratch
 from dumpfs.errors import DamagedDump, MissingPart, NoDump
-from dumpfs.model import WouldBlock, waiting_forbidden
+from dumpfs.waiting import WouldBlock, waiting_forbidden
 from dumpfs.extents import Extent, ExtentFile, SourceRange
 
 

@@ -22,7 +22,7 @@ import pytest
 import fixturecache as fc
 from conftest import is_mounted, run_dumpfs, track_mount, unmount
 from dumpfs import chunkcache, compressed
-from dumpfs.model import WouldBlock, without_waiting
+from dumpfs.waiting import WouldBlock, without_waiting
 from dumpfs.source import BytesSource, FileSource
 
 MiB = 1 << 20

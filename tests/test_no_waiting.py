@@ -10,7 +10,7 @@ import pytest
 
 import fixturecache as fc
 from dumpfs.backends import open_dump
-from dumpfs.model import WouldBlock, without_waiting
+from dumpfs.waiting import WouldBlock, without_waiting
 from dumpfs.source import FileSource
 from dumpfs.views.vmcore import vmcore_file
 

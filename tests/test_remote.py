@@ -30,7 +30,7 @@ import pytest
 import fixturecache as fc
 from conftest import is_mounted, run_dumpfs, track_mount, unmount
 from dumpfs import remote
-from dumpfs.model import WouldBlock, without_waiting
+from dumpfs.waiting import WouldBlock, without_waiting
 from test_vmcore_clients import DRGN_PROBE, LOG_LINE, need, need_drgn, vmlinux
 
 FIXTURES = [

@@ -54,8 +54,8 @@ class AddressSpace:
     """One virtual address space; `translate` returns (physical, bytes mapped from there on).
 
     `want` is how many bytes the caller is after: a space may then answer a longer run than
-    one page where the following pages are physically contiguous (x86_64 reads a whole
-    page-table page of entries at once), so a large read translates once per run."""
+    one page where the following pages are physically contiguous (a page-table walk may read a
+    whole page of entries at once), so a large read translates once per run."""
 
     name = "address space"
 

@@ -1,6 +1,6 @@
 """Choosing a dump's type information, BTF before DWARF: --btf file, the --vmlinux's .BTF
 section, the kernel's own BTF in the dump (located through the symbols, the vmlinux's
-among them), and only then the --vmlinux's DWARF (slow the first time: Debian's s390x
+among them), and only then the --vmlinux's DWARF (slow the first time: some distributions'
 kernels, RHEL 8.0/8.1 and kernels built without BTF have nothing else)."""
 
 from __future__ import annotations
