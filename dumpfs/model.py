@@ -90,6 +90,10 @@ class PageCache:
             while len(self._pages) > self.capacity:
                 self._pages.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._pages.clear()
+
 
 class Memory:
     """Physical memory: sorted, non-overlapping chunks; gaps between them are holes.
