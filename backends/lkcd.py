@@ -23,7 +23,8 @@ from dumpfs.arch import s390x
 from dumpfs.clock import unix_time
 from dumpfs.backends.s390 import cpus_from_lowcores
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
-from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
+from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState
+from dumpfs.waiting import may_wait
 from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 

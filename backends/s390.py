@@ -25,7 +25,8 @@ from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
 from dumpfs.errors import DamagedDump, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
-from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
+from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState
+from dumpfs.waiting import may_wait
 from dumpfs.source import Source
 
 from .devcheck import Report

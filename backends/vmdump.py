@@ -26,7 +26,8 @@ from construct import Array, Bytes, Int8ub, Int16ub, Int32ub, Int64ub, Padding, 
 from dumpfs.arch import s390x
 from dumpfs.s390dump import tod_to_datetime
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Unsupported
-from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, may_wait
+from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState
+from dumpfs.waiting import may_wait
 from dumpfs.extents import SourceRange
 from dumpfs.source import Source
 

@@ -35,7 +35,8 @@ from construct import Bytes, Const, Int32ul, Int64ul, PaddedString, Struct
 from tqdm import tqdm
 
 from dumpfs.errors import DumpError, Unavailable
-from dumpfs.model import PageCache, may_wait
+from dumpfs.model import PageCache
+from dumpfs.waiting import may_wait
 
 CHUNK_SIZE = 128 << 10      # a random read decodes this much: ~0.1 ms (256 KiB: ~0.5 ms, out of L2)
 LEVEL = 1

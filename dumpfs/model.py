@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from dumpfs.errors import DumpError
 from dumpfs.errors import Problem, Severity
 from dumpfs.extents import ExtentFile, Unreadable, coalesce
-from dumpfs.waiting import WouldBlock, may_wait, waiting_forbidden, without_waiting  # noqa: F401
+from dumpfs.waiting import may_wait
 
 if TYPE_CHECKING:
     from dumpfs.arch import Arch      # the arch modules build on Note: no import cycle at run time

@@ -137,6 +137,19 @@ def written(elf, tmp_path_factory):
     return WrittenImages(elf, tmp_path_factory.mktemp("written"))
 
 
+@pytest.fixture(scope="module")
+def private_type_cache(tmp_path_factory):
+    """An empty cache directory for a test module (mounts inherit it): type layouts are
+    resolved on first use there, never taken from an earlier run's cache."""
+    old = os.environ.get("DUMPFS_CACHE_DIR")
+    os.environ["DUMPFS_CACHE_DIR"] = str(tmp_path_factory.mktemp("typecache"))
+    yield
+    if old is None:
+        os.environ.pop("DUMPFS_CACHE_DIR", None)
+    else:
+        os.environ["DUMPFS_CACHE_DIR"] = old
+
+
 @contextmanager
 def time_limit(seconds: int):
     """Hostile-input tests: a walk that does not end in time fails instead of hanging the suite."""

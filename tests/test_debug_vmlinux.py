@@ -18,16 +18,7 @@ CASES = [("x86_64-debian11", "qemu-elf.vmcore.xz", "BTF in the .BTF section of")
          ("s390x-debian", "qemu-dgm.elf.xz", "DWARF of")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_type_cache(tmp_path_factory):
-    """An empty layout cache for this module (mounts inherit it): the first use is tested."""
-    old = os.environ.get("DUMPFS_CACHE_DIR")
-    os.environ["DUMPFS_CACHE_DIR"] = str(tmp_path_factory.mktemp("typecache"))
-    yield
-    if old is None:
-        os.environ.pop("DUMPFS_CACHE_DIR", None)
-    else:
-        os.environ["DUMPFS_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_type_cache")
 
 
 @pytest.mark.parametrize("folder,name,source", CASES, ids=[c[0] for c in CASES])

@@ -33,16 +33,7 @@ IDS = [f"{f}/{n}{'+vmlinux' if v else ''}" for f, n, v in CASES]
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_type_cache(tmp_path_factory):
-    """DWARF layouts are cached in a directory of this test run (mounts inherit it)."""
-    old = os.environ.get("DUMPFS_CACHE_DIR")
-    os.environ["DUMPFS_CACHE_DIR"] = str(tmp_path_factory.mktemp("typecache"))
-    yield
-    if old is None:
-        os.environ.pop("DUMPFS_CACHE_DIR", None)
-    else:
-        os.environ["DUMPFS_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_type_cache")
 
 
 def mounted(mount, folder, name, with_vmlinux):

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import fixturecache as fc
-from conftest import is_mounted, run_dumpfs, track_mount, unmount
+from conftest import run_dumpfs, track_mount, unmount
 from dumpfs import remote
 from dumpfs.waiting import WouldBlock, without_waiting
 from test_vmcore_clients import DRGN_PROBE, LOG_LINE, need, need_drgn, vmlinux

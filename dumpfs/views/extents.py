@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from dumpfs.extents import ExtentFile
-from dumpfs.model import may_wait
+from dumpfs.waiting import may_wait
 from dumpfs.tree import File
 
 
