@@ -34,6 +34,7 @@ from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import SourceRange, join
+from dumpfs.inflate import inflate
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
@@ -746,7 +747,7 @@ class KdumpPages:
         blob = memoryview(self.source.read(low, high - low))
         if len(blob) != high - low:
             return None
-        decompress, zero_page = zlib.decompress, self.zero_page
+        zero_page = self.zero_page
         for k in stored:
             at = offsets[k] - low
             length = sizes_flags[k] & 0xFFFFFFFF
@@ -754,7 +755,7 @@ class KdumpPages:
             raw = blob[at:at + length]
             if flags == DUMP_DH_COMPRESSED_ZLIB:
                 try:
-                    page = decompress(raw, 15, block_size)
+                    page = inflate(raw, block_size)
                 except zlib.error:
                     return None
             elif flags == 0 and length == block_size:
@@ -846,7 +847,6 @@ class KdumpPages:
 
         if any(flags for group in groups for _, _, flags in group[2]):
             may_wait("decompressing kdump pages")
-        decompress = zlib.decompress
         for data_offset, group_length, members in groups:
             blob = memoryview(self.source.read(data_offset, group_length))
             position = 0
@@ -858,7 +858,7 @@ class KdumpPages:
                 page = None
                 if flags == DUMP_DH_COMPRESSED_ZLIB:     # the common case, without the dispatch
                     try:
-                        page = decompress(raw, 15, block_size)
+                        page = inflate(raw, block_size)
                     except zlib.error:
                         pass
                     if page is None or len(page) != block_size:
