@@ -13,6 +13,7 @@ import time
 import pytest
 
 import fixturecache as fc
+from writers import kdump as kdump_writer
 from dumpfs.backends import elf, flattened, kdump
 from dumpfs.errors import DumpError, MemoryUnavailable
 from dumpfs.model import PageState
@@ -545,31 +546,26 @@ def write_kdump(path, pages, excluded=(), status=0x01, cut=None):
     compress = {"zlib": (1, lambda p: zlib.compress(p, 1)), "lzo": (2, lambda p: lzo.compress(p, 1, False)),
                 "snappy": (4, snappy.compress), "zstd": (0x20, zstandard.ZstdCompressor(level=1).compress),
                 "raw": (0, bytes)}
-    max_mapnr = max([*pages, *excluded]) + 1
-    per_bitmap = -(-(-(-max_mapnr // 8)) // PAGE)
-    uts = b"".join(s.ljust(65, b"\0") for s in (b"Linux", b"node", b"6.1.0-test", b"#1", b"x86_64", b""))
-    header = struct.pack("<8si390s6xqqIiiIIIIIIi", b"KDUMP   ", 6, uts, 1700000000, 0, status, PAGE, 1,
-                         2 * per_bitmap, max_mapnr, 0, 0, 0, 0, 1).ljust(PAGE, b"\0")
-    sub = struct.pack("<QiiQQqQqQqQQQQ", 0x1000000, 31, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                      max_mapnr).ljust(PAGE, b"\0")
-    bm1 = sum(1 << pfn for pfn in [*pages, *excluded]).to_bytes(per_bitmap * PAGE, "little")
-    bm2 = sum(1 << pfn for pfn in pages).to_bytes(per_bitmap * PAGE, "little")
-    data_start = 2 * PAGE + 2 * per_bitmap * PAGE + 24 * len(pages)
-    data, descriptors = [bytes(PAGE)], []
-    position = data_start + PAGE
-    for pfn in sorted(pages):
-        page, method = pages[pfn]
-        if method == "zero":
-            descriptors.append(struct.pack("<qIIQ", data_start, PAGE, 0, 0))
-            continue
-        flags, pack = compress[method]
-        stored = pack(page)
-        assert method == "raw" or len(stored) < PAGE, "test data must compress"
-        descriptors.append(struct.pack("<qIIQ", position, len(stored), flags, 0))
-        data.append(stored)
-        position += len(stored)
-    blob = header + sub + bm1 + bm2 + b"".join(descriptors) + b"".join(data)
-    path.write_bytes(blob[:cut])
+
+    def stored():
+        for pfn in sorted(pages):
+            page, method = pages[pfn]
+            if method == "zero":
+                yield bytes(PAGE), 0, kdump_writer.ZERO
+                continue
+            flags, pack = compress[method]
+            data = pack(page)
+            assert method == "raw" or len(data) < PAGE, "test data must compress"
+            yield data, flags, None
+
+    uts = kdump_writer.utsname("x86_64", "6.1.0-test", "node", "#1")
+    with open(path, "wb") as f:
+        kdump_writer.write_kdump(f, sorted(pages), stored(), max_mapnr=max([*pages, *excluded]) + 1,
+                                 status=status, block_size=PAGE, uts=uts, dump_level=31,
+                                 phys_base=0x1000000, excluded=excluded, tv_sec=1700000000,
+                                 shared_zero_page=True)
+    if cut is not None:
+        os.truncate(path, cut)
     return path
 
 

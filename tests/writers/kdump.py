@@ -26,39 +26,53 @@ def zlib_page(page: bytes) -> tuple[bytes, int]:
     return (packed, FLAG_ZLIB) if len(packed) < len(page) else (page, 0)
 
 
-def utsname(machine: str = "x86_64", release: str = "", nodename: str = "dumpfs") -> bytes:
-    fields = ("Linux", nodename, release, "", machine, "")
+def utsname(machine: str = "x86_64", release: str = "", nodename: str = "dumpfs",
+            version: str = "") -> bytes:
+    """struct new_utsname: six NUL-padded 65-byte strings."""
+    fields = ("Linux", nodename, release, version, machine, "")
     return b"".join(field.encode().ljust(UTSNAME_FIELD, b"\0") for field in fields)
+
+
+ZERO = "zero"        # the key of pages sharing the one zero page at the start of the data area
 
 
 def write_kdump(f, pfns: list[int], stored, *, max_mapnr: int, status: int = FLAG_ZLIB,
                 block_size: int = 4096, notes: bytes = b"", vmcoreinfo: tuple[int, int] | None = None,
                 uts: bytes | None = None, dump_level: int = 1, nr_cpus: int = 1,
-                phys_base: int = 0) -> None:
-    """Pages `pfns` (ascending) dumpable and existing; `stored` yields each one's (stored bytes,
-    flags, key) in that order: pages of one key share one copy of the data (makedumpfile's
-    shared zero page; key None: never shared).  `vmcoreinfo`: (offset, size) of the
-    VMCOREINFO text in `notes`."""
+                phys_base: int = 0, excluded=(), tv_sec: int = 0, shared_zero_page: bool = False) -> None:
+    """Pages `pfns` (ascending) dumpable; `excluded` pfns exist but are filtered out.  `stored`
+    yields each dumpable page's (stored bytes, flags, key) in pfn order: pages of one key
+    share one copy of the data (key None: never shared); with `shared_zero_page`, one raw zero
+    page opens the data area and pages of key ZERO point at it, as makedumpfile and QEMU
+    store zero pages.  `vmcoreinfo`: (offset, size) of the VMCOREINFO text in `notes`."""
     sub_hdr_size = -(-(SUB_HEADER.size + len(notes)) // block_size)
     bitmap_bytes = -(-max_mapnr // 8)
     bitmap_blocks = 2 * -(-bitmap_bytes // block_size)
-    bitmap = bytearray(bitmap_blocks // 2 * block_size)
+    dumpable = bytearray(bitmap_blocks // 2 * block_size)
     for pfn in pfns:
-        bitmap[pfn >> 3] |= 1 << (pfn & 7)
-    f.write(HEADER.pack(SIGNATURE, 6, uts or utsname(), 0, 0, status, block_size, sub_hdr_size,
-                        bitmap_blocks, max_mapnr & 0xFFFFFFFF, 0, 0, 0, 0, nr_cpus).ljust(block_size, b"\0"))
+        dumpable[pfn >> 3] |= 1 << (pfn & 7)
+    existing = bytearray(dumpable)
+    for pfn in excluded:
+        existing[pfn >> 3] |= 1 << (pfn & 7)
+    f.write(HEADER.pack(SIGNATURE, 6, uts or utsname(), tv_sec, 0, status, block_size,
+                        sub_hdr_size, bitmap_blocks, max_mapnr & 0xFFFFFFFF, 0, 0, 0, 0,
+                        nr_cpus).ljust(block_size, b"\0"))
     note_offset = block_size + SUB_HEADER.size
     info_offset, info_size = (note_offset + vmcoreinfo[0], vmcoreinfo[1]) if vmcoreinfo else (0, 0)
-    sub = SUB_HEADER.pack(phys_base, dump_level, 0, 0, 0, info_offset, info_size, note_offset,
-                          len(notes), 0, 0, 0, 0, max_mapnr)
+    sub = SUB_HEADER.pack(phys_base, dump_level, 0, 0, 0, info_offset, info_size,
+                          note_offset if notes else 0, len(notes), 0, 0, 0, 0, max_mapnr)
     f.write((sub + notes).ljust(sub_hdr_size * block_size, b"\0"))
-    f.write(bitmap)
-    f.write(bitmap)
+    f.write(existing)
+    f.write(dumpable)
     table_start = f.tell()
     offset = table_start + PAGE_DESC.size * len(pfns)
     table = bytearray()
     f.seek(offset)
     written: dict[object, int] = {}         # key -> offset of its data
+    if shared_zero_page:
+        written[ZERO] = offset
+        f.write(bytes(block_size))
+        offset += block_size
     for data, flags, key in stored:
         at = written.get(key) if key is not None else None
         if at is None:
