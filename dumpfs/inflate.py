@@ -19,6 +19,9 @@ except ImportError:         # no wheel for this machine (s390x) or not installed
     isal_zlib = None
 
 DECODER = "isal" if isal_zlib is not None else "zlib"     # the library doing the work
+# decompress(data, wbits, bufsize) of that library, raising its own error class: for batches
+# that fall back to `inflate`, page by page, when anything fails
+decompress = isal_zlib.decompress if isal_zlib is not None else zlib.decompress
 
 
 def inflate(raw, size: int) -> bytes:

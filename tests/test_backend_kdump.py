@@ -630,7 +630,7 @@ def test_written_kdump_batch_decode_equals_page_path(tmp_path):
     dump.memory.chunks
     reader = kdump_pages(dump)
     batches = range(-(-len(pages) // kdump.PAGES_PER_BATCH))
-    assert b"".join(bytes(reader._decode_batch(b)) for b in batches) == \
+    assert b"".join(b"".join(reader._decode_batch(b)) for b in batches) == \
         b"".join(pages[pfn][0] for pfn in sorted(pages))
     dump.close()
 
