@@ -50,7 +50,7 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
-PAGES_PER_BATCH = 64            # descriptors per read-ahead unit (and decode-once claim)
+PAGES_PER_BATCH = 256            # descriptors per read-ahead unit (and decode-once claim)
 STREAM_TRIGGER = 2 * MAX_PAGES_PER_BATCH    # descriptors read in a row before decoding ahead
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
 MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
@@ -592,7 +592,7 @@ class KdumpPages:
         skip = offset - (first << shift)
         if self.read_ahead is not None:
             streaming = self.read_ahead.note(first, last + 1)
-            data = self._from_batches(first, last + 1, streaming or last + 1 - first >= 2 * PAGES_PER_BATCH)
+            data = self._from_batches(first, last + 1, streaming or last + 1 - first >= PAGES_PER_BATCH)
             if data is not None:
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
         if self.native_table and last - first < MAX_RAW_RUN:

@@ -658,3 +658,40 @@ def test_sequential_reads_decode_ahead_random_reads_do_not():
         reference.read_physical(run.start + (8 << 20), 4 << 20)
     dump.close()
     reference.close()
+
+
+def test_written_kdump_corrupt_zlib_page_fails_with_zlibs_error_in_a_stream(tmp_path):
+    """A corrupt zlib page in the middle of a stream decoded ahead: the pages before it are
+    read, the page itself fails with zlib's message (whichever library decoded the others)."""
+    import zlib
+    rng = random.Random(8)
+    pages = {}
+    for pfn in range(1200):
+        words = [b"stream ", b"page ", b"%d " % pfn, b"\0\0\0\0"]
+        pages[pfn] = (b"".join(rng.choice(words) for _ in range(PAGE))[:PAGE], "zlib")
+    path = write_kdump(tmp_path / "corrupt.kdump", pages)
+    dump = open_path(path)
+    dump.memory.chunks
+    reader = kdump_pages(dump)
+    bad = 700
+    table = reader.table_start + bad * 24
+    with open(path, "r+b") as f:
+        f.seek(table)
+        offset, size = struct.unpack("<qI", f.read(12))
+        f.seek(offset + 2)
+        f.write(bytes(8))              # the deflate data of page 700, zeroed
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(size)
+    with pytest.raises(zlib.error) as expected:
+        zlib.decompress(raw, 15, PAGE)
+    dump.close()
+    dump = open_path(path)
+    for start in range(0, bad * PAGE // (1 << 20) * (1 << 20), 1 << 20):
+        assert dump.read_physical(start, 1 << 20) == b"".join(
+            pages[pfn][0] for pfn in range(start // PAGE, (start + (1 << 20)) // PAGE))
+    with pytest.raises(MemoryUnavailable) as caught:
+        dump.read_physical(bad // 256 * 256 * PAGE, 1 << 20)
+    assert caught.value.reason == f"corrupt page data: zlib: {expected.value}"
+    assert dump.read_physical((bad + 1) * PAGE, PAGE) == pages[bad + 1][0]
+    dump.close()
