@@ -444,6 +444,7 @@ class KdumpPages:
         self._run_descriptors = array("q")
         self._claims: dict[int, threading.Event] = {}   # batches being decoded (decode once)
         self._claims_lock = threading.Lock()
+        self._per_thread = threading.local()     # decoder state a thread reuses (zstd)
         # descriptors in the machine's byte order can be checked a whole batch at once
         self.native_table = layout.byteorder == sys.byteorder and layout.page_desc.size == 24
         self.zero_page = bytes(block_size)
@@ -917,7 +918,10 @@ class KdumpPages:
         declared = zstandard.frame_content_size(raw)
         if declared not in (-1, self.block_size):
             raise ValueError(f"zstd frame declares {declared} bytes")
-        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=self.block_size)
+        decompressor = getattr(self._per_thread, "zstd", None)
+        if decompressor is None:        # a new one per page costs 2.5x the page's decoding
+            decompressor = self._per_thread.zstd = zstandard.ZstdDecompressor()
+        return decompressor.decompress(raw, max_output_size=self.block_size)
 
 
 def _snappy_length(raw) -> int:
