@@ -13,7 +13,10 @@ numbers, s390_ext: addresses); a unit is `unit` positions (a batch of pages,
 a compression entry).  `fetch(unit)` decodes one unit into the backend's
 cache; it must decode each unit once however many threads ask (backends keep
 an in-flight registry, so a reader needing a unit being fetched waits for
-it), and must swallow errors: the reader meets them itself later.
+it), and must swallow errors: the reader meets them itself later.  A
+stream's reader decodes the unit it needs itself when no worker has started
+it; the workers meanwhile decode the units after it (`note` says whether a
+read belongs to a stream).
 """
 
 from __future__ import annotations
