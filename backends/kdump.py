@@ -32,6 +32,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 
 from dumpfs import arch as arches
 from dumpfs.clock import unix_time
+from dumpfs import decodepool
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import SourceRange, join
 from dumpfs.inflate import decompress as fast_decompress, inflate
@@ -40,7 +41,7 @@ from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Uns
 from dumpfs.limits import MAX_MEMORY_BYTES, MAX_MEMORY_RUNS, MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
                           may_wait)
-from dumpfs.source import Source
+from dumpfs.source import FileSource, Source
 
 SIGNATURE = b"KDUMP   "
 
@@ -439,6 +440,7 @@ class KdumpPages:
         self.cache = PageCache()        # decoded pages, for random readers
         self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
         self.batches: PageCache | None = None   # batch -> its pages decoded ahead, in order
+        self.pool: decodepool.DecodePool | None = None  # zlib batches of a local file: in processes
         self.dumpable = 0
         self._run_pfns = array("q")             # each present run: its first pfn and descriptor
         self._run_descriptors = array("q")
@@ -504,12 +506,17 @@ class KdumpPages:
             self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
                                         -(-descriptor // PAGES_PER_BATCH), "kdump",
                                         trigger=STREAM_TRIGGER)
+            source = self.source
+            if decodepool.ENABLED and type(source) is FileSource and not source.is_block_device:
+                self.pool = decodepool.DecodePool(source.fd, self.block_size, PAGES_PER_BATCH)
         return chunks
 
     def close(self) -> None:
-        """Stop the read-ahead threads; closing the dump does."""
+        """Stop the read-ahead threads and the decoding processes; closing the dump does."""
         if self.read_ahead is not None:
             self.read_ahead.close()
+        if self.pool is not None:
+            self.pool.close()
 
     def _scan_bitmaps(self):
         """Runs of present and of excluded pfns, read in pieces so huge bitmaps never sit in memory."""
@@ -749,6 +756,10 @@ class KdumpPages:
             low, high = min(offsets), max(map(int.__add__, offsets, lengths))
         if low < 0 or high > self.source.size or high - low > 2 * MAX_COALESCED_READ:
             return None
+        if self.pool is not None and methods <= {0, DUMP_DH_COMPRESSED_ZLIB}:
+            pages = self._decode_in_process(low, high, offsets, sizes_flags, shared)
+            if pages is not None:
+                return pages
         blob = memoryview(self.source.read(low, high - low))
         if len(blob) != high - low:
             return None
@@ -768,6 +779,24 @@ class KdumpPages:
         if 0 in methods and len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
             for offset, size_flags, page in zip(offsets, sizes_flags, pages):    # raw zero pages:
                 if not size_flags >> 32 and page is not zero_page and page == zero_page:
+                    zero_offsets.add(offset)            # the shared one, for the page path
+        return pages
+
+    def _decode_in_process(self, low: int, high: int, offsets: list[int], sizes_flags: list[int],
+                           shared: bool) -> list | None:
+        """A zlib/raw batch decoded by a worker process (`dumpfs.decodepool`): views of one
+        copy of its pages; None if the worker could not (the caller decodes it itself)."""
+        zero_offsets, block_size = self.zero_offsets, self.block_size
+        wanted = [-1 if offset in zero_offsets else offset for offset in offsets] if shared else offsets
+        data = self.pool.decode(low, high - low, wanted, sizes_flags)
+        if data is None:
+            return None
+        view = memoryview(data)
+        pages = [view[k:k + block_size] for k in range(0, len(data), block_size)]
+        if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
+            zero_page = self.zero_page
+            for offset, size_flags, page in zip(wanted, sizes_flags, pages):    # raw zero pages:
+                if not size_flags >> 32 and offset >= 0 and page == zero_page:
                     zero_offsets.add(offset)            # the shared one, for the page path
         return pages
 

@@ -646,6 +646,7 @@ def test_sequential_reads_decode_ahead_random_reads_do_not():
         address = run.start + rng.randrange(run.size // PAGE) * PAGE
         assert dump.read_physical(address, 64) == reference.read_physical(address, 64)
     assert len(pages.batches._pages) == 0 and pages.read_ahead._executor is None
+    assert pages.pool is not None and not pages.pool._all      # no decoding process started
     for offset in range(0, 8 << 20, 1 << 20):    # a sequential stream: decoded ahead, in parallel
         assert dump.read_physical(run.start + offset, 1 << 20) == \
             reference.read_physical(run.start + offset, 1 << 20)
@@ -694,4 +695,76 @@ def test_written_kdump_corrupt_zlib_page_fails_with_zlibs_error_in_a_stream(tmp_
         dump.read_physical(bad // 256 * 256 * PAGE, 1 << 20)
     assert caught.value.reason == f"corrupt page data: zlib: {expected.value}"
     assert dump.read_physical((bad + 1) * PAGE, PAGE) == pages[bad + 1][0]
+    dump.close()
+
+
+def stream_pages(count: int) -> dict:
+    """`count` compressible pages, mostly zlib, with raw and shared zero pages among them."""
+    rng = random.Random(21)
+    pages = {}
+    for pfn in range(count):
+        words = [b"process ", b"page ", b"%d " % pfn, b"\0\0\0\0"]
+        text = b"".join(rng.choice(words) for _ in range(PAGE))[:PAGE]
+        method = "zero" if pfn % 97 == 5 else "raw" if pfn % 89 == 7 else "zlib"
+        pages[pfn] = (bytes(PAGE) if method == "zero" else text, method)
+    return pages
+
+
+def memfd_mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("memfd:dumpfs-decode" in line for line in f)
+
+
+def test_written_kdump_stream_decoded_in_processes(tmp_path):
+    """A sequential read of a local kdump file decodes its batches in worker processes: the
+    bytes are the page path's, a corrupt page inside the stream fails with the page path's
+    error, a worker that dies is replaced by decoding in the reader, and closing the dump
+    ends every worker and leaves no shared memory (mapped, or named in /dev/shm)."""
+    pages = stream_pages(1536)
+    expected = b"".join(pages[pfn][0] for pfn in range(1536))
+    path = write_kdump(tmp_path / "stream.kdump", pages)
+    shm_before = set(os.listdir("/dev/shm"))
+    dump = open_path(path)
+    dump.memory.chunks
+    reader = kdump_pages(dump)
+    decoded = []
+    decode = reader.pool.decode
+    reader.pool.decode = lambda *args: decoded.append(decode(*args)) or decoded[-1]
+    got = b"".join(dump.read_physical(start, 1 << 20) for start in range(0, len(expected), 1 << 20))
+    assert got == expected
+    assert any(data is not None for data in decoded), "no batch was decoded in a process"
+    workers = [worker.process.pid for worker in reader.pool._all]
+    assert workers and memfd_mappings() == len(workers)
+    page_path = open_path(path)         # one page per read, in random order: never decoded ahead
+    for pfn in random.Random(4).sample(range(1536), 300):
+        assert page_path.read_physical(pfn * PAGE, PAGE) == dump.read_physical(pfn * PAGE, PAGE)
+    assert not kdump_pages(page_path).pool._all
+    page_path.close()
+
+    os.kill(workers[0], 9)              # a worker dies: its batches are decoded in the reader
+    got = b"".join(dump.read_physical(start, 1 << 20) for start in range(0, len(expected), 1 << 20))
+    assert got == expected
+    live = [worker.process for worker in reader.pool._all]
+    dump.close()
+    assert all(process.poll() is not None for process in live)
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert memfd_mappings() == 0 and set(os.listdir("/dev/shm")) == shm_before
+
+    bad = 700                           # a corrupt zlib page inside the stream
+    assert pages[bad][1] == "zlib"
+    with open(path, "r+b") as f:
+        f.seek(reader.table_start + bad * 24)
+        offset, _ = struct.unpack("<qI", f.read(12))
+        f.seek(offset + 2)
+        f.write(bytes(8))
+    page_path = open_path(path)
+    with pytest.raises(MemoryUnavailable) as alone:
+        page_path.read_physical(bad * PAGE, PAGE)
+    page_path.close()
+    dump = open_path(path)
+    with pytest.raises(MemoryUnavailable) as in_stream:
+        for start in range(0, len(expected), 1 << 20):
+            assert dump.read_physical(start, 1 << 20) == expected[start:start + (1 << 20)]
+    assert in_stream.value.reason == alone.value.reason and "zlib" in alone.value.reason
+    assert kdump_pages(dump).pool._all, "the stream did not use the decoding processes"
     dump.close()
