@@ -11,7 +11,8 @@ ranges of one "descriptor space" (the pages of descriptors 0, 1, ... back to
 back), so a read over runs split only by excluded pages is one read; pages
 stored raw are served with one pread per stretch; sequential readers of a
 compressed dump have the batches ahead decoded on every CPU
-(`dumpfs.readahead`).
+(`dumpfs.readahead`; zlib batches of a local file in worker processes when
+the daemon runs with DUMPFS_DECODE_PROCESSES=1, `dumpfs.decodepool`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ daemon's death gives them.  Anything odd - a worker that fails to start, dies
 or answers FAILED - makes `decode` return None: the caller decodes the batch
 itself, and reports its errors exactly as without the pool.
 
-DUMPFS_DECODE_PROCESSES=0 in the environment turns the pool off (threads only).
+Opt-in: DUMPFS_DECODE_PROCESSES=1 in the daemon's environment.  Measured on
+the shared 2-CPU machine (issue 10), the pool beat the threads only when a
+second CPU was free (in-process 449-495 against 330-359 MB/s); with the other
+CPU busy it lost 5-15% in-process and tied through the mount, as every
+process decodes at the same CPU cost per byte as a thread.  It is the way to
+use more cores than the GIL lets threads use, once a machine has them free.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dumpfs import decodeworker
 log = logging.getLogger(__name__)
 
 WORKER = Path(decodeworker.__file__)
-ENABLED = os.environ.get("DUMPFS_DECODE_PROCESSES", "1") != "0"
+ENABLED = os.environ.get("DUMPFS_DECODE_PROCESSES") == "1"
 
 
 class Worker:

@@ -14,6 +14,7 @@ import pytest
 
 import fixturecache as fc
 from writers import kdump as kdump_writer
+from dumpfs import decodepool
 from dumpfs.backends import elf, flattened, kdump
 from dumpfs.errors import DumpError, MemoryUnavailable
 from dumpfs.model import PageState
@@ -635,7 +636,8 @@ def test_written_kdump_batch_decode_equals_page_path(tmp_path):
     dump.close()
 
 
-def test_sequential_reads_decode_ahead_random_reads_do_not():
+def test_sequential_reads_decode_ahead_random_reads_do_not(monkeypatch):
+    monkeypatch.setattr(decodepool, "ENABLED", True)
     dump = open_fixture("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
     reference = open_fixture("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
     pages = kdump_pages(dump)
@@ -715,11 +717,12 @@ def memfd_mappings() -> int:
         return sum("memfd:dumpfs-decode" in line for line in f)
 
 
-def test_written_kdump_stream_decoded_in_processes(tmp_path):
+def test_written_kdump_stream_decoded_in_processes(tmp_path, monkeypatch):
     """A sequential read of a local kdump file decodes its batches in worker processes: the
     bytes are the page path's, a corrupt page inside the stream fails with the page path's
     error, a worker that dies is replaced by decoding in the reader, and closing the dump
     ends every worker and leaves no shared memory (mapped, or named in /dev/shm)."""
+    monkeypatch.setattr(decodepool, "ENABLED", True)
     pages = stream_pages(1536)
     expected = b"".join(pages[pfn][0] for pfn in range(1536))
     path = write_kdump(tmp_path / "stream.kdump", pages)
