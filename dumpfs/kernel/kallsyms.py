@@ -24,11 +24,13 @@ counts only when its decoded names resolve to the addresses VMCOREINFO gives.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from codecs import charmap_decode
 from dataclasses import dataclass
 from operator import itemgetter
 
+from dumpfs.cache import cache_dir, write_cache_file
 from dumpfs.errors import KernelUnavailable, MemoryUnavailable
 from dumpfs.kernel.image import ImageWindow, vmcoreinfo_symbols
 
@@ -145,6 +147,24 @@ def expand_names(names: bytes, spans, tokens: list[bytes]) -> bytes:
                       for start, length in spans]).encode("latin-1")
 
 
+def expanded_names(names: bytes, count: int, tokens: list[bytes]) -> bytes:
+    """`expand_names`' text of these tables, from the cache when a kernel with the very same
+    tables was seen before: expanding 100,000 names is most of a first `ls proc/`'s time.
+    The key is a digest of all the expansion depends on (names, count, tokens)."""
+    digest = hashlib.blake2b(names, digest_size=20)
+    digest.update(count.to_bytes(8, "little") + b"\0".join(tokens))
+    path = cache_dir("kallsyms") / f"{digest.hexdigest()}.names"
+    try:
+        joined = path.read_bytes()
+        if joined.count(b"\0") + 1 == count:
+            return joined
+    except OSError:
+        pass
+    joined = expand_names(names, split_names(names, count), tokens)
+    write_cache_file(path, lambda f: f.write(joined))
+    return joined
+
+
 def address_decoders(kmem, tables: KallsymsTables, count: int):
     """(label, addresses) for each way the table's values may be read, the machine's usual
     reading first: relative to kallsyms_relative_base, or with CONFIG_KALLSYMS_ABSOLUTE_PERCPU
@@ -200,7 +220,7 @@ def decode(kmem, tables: KallsymsTables, known: dict[str, int]) -> list[tuple[st
         end = tables.markers or tables.token_table
         span = end - tables.names if end > tables.names else MAX_NAMES
         names = kmem.read(tables.names, min(span, MAX_NAMES))
-        joined = expand_names(names, split_names(names, count), tokens)
+        joined = expanded_names(names, count, tokens)
         indexes = known_indexes(joined.split(b"\0"), known)
         best = None
         for _label, addresses in address_decoders(kmem, tables, count):
