@@ -166,21 +166,24 @@ def expanded_names(names: bytes, count: int, tokens: list[bytes]) -> bytes:
 
 
 def address_decoders(kmem, tables: KallsymsTables, count: int):
-    """(label, addresses) for each way the table's values may be read, the machine's usual
-    reading first: relative to kallsyms_relative_base, or with CONFIG_KALLSYMS_ABSOLUTE_PERCPU
-    (`KernelArch.kallsyms_absolute_percpu`; gone in 6.15: non-negative values are absolute
-    per-CPU offsets); absolute addresses."""
+    """(label, values, reading) for each way the table's values may be read, the machine's
+    usual reading first: relative to kallsyms_relative_base, or with
+    CONFIG_KALLSYMS_ABSOLUTE_PERCPU (`KernelArch.kallsyms_absolute_percpu`; gone in 6.15:
+    non-negative values are absolute per-CPU offsets); absolute addresses.  `reading(value)`
+    is a symbol's address (None: the value is), so that only the chosen reading is applied
+    to every symbol."""
     if tables.offsets is not None and tables.relative_base is not None:
         offsets = kmem.array("i", tables.offsets, count)
         base = kmem.read_u64(tables.relative_base)
         percpu_first = kmem.dump.arch.kernel.kallsyms_absolute_percpu
         for absolute_percpu in (percpu_first, not percpu_first):
             if absolute_percpu:
-                yield "absolute per-CPU", [o if o >= 0 else (base - 1 - o) % (1 << 64) for o in offsets]
+                yield "absolute per-CPU", offsets, \
+                    lambda o: o if o >= 0 else (base - 1 - o) % (1 << 64)
             else:
-                yield "relative", [(base + (o & 0xFFFFFFFF)) % (1 << 64) for o in offsets]
+                yield "relative", offsets, lambda o: (base + (o & 0xFFFFFFFF)) % (1 << 64)
     if tables.addresses is not None:
-        yield "absolute", list(kmem.array("Q", tables.addresses, count))
+        yield "absolute", kmem.array("Q", tables.addresses, count), None
 
 
 def known_indexes(expanded: list[bytes], known: dict[str, int]) -> dict[bytes, list[int]]:
@@ -195,10 +198,11 @@ def known_indexes(expanded: list[bytes], known: dict[str, int]) -> dict[bytes, l
     return found
 
 
-def agreement_at(indexes: dict[bytes, list[int]], addresses: list[int],
+def agreement_at(indexes: dict[bytes, list[int]], addresses,
                  known: dict[str, int]) -> tuple[int, int]:
-    """(VMCOREINFO symbols the table confirms, ones it contradicts), from `known_indexes`: a
-    name listed more than once agrees when one of its addresses does."""
+    """(VMCOREINFO symbols the table confirms, ones it contradicts), from `known_indexes` and
+    `addresses` (index -> address: a list, or a dict of those indexes): a name listed more
+    than once agrees when one of its addresses does."""
     wanted = {name.encode(): address for name, address in known.items()}
     agree = sum(wanted[name] in {addresses[i] for i in at} for name, at in indexes.items())
     return agree, len(indexes) - agree
@@ -223,15 +227,18 @@ def decode(kmem, tables: KallsymsTables, known: dict[str, int]) -> list[tuple[st
         joined = expanded_names(names, count, tokens)
         indexes = known_indexes(joined.split(b"\0"), known)
         best = None
-        for _label, addresses in address_decoders(kmem, tables, count):
-            agree, disagree = agreement_at(indexes, addresses, known)
+        wanted = [i for at in indexes.values() for i in at]
+        for _label, values, reading in address_decoders(kmem, tables, count):
+            sample = {i: values[i] if reading is None else reading(values[i]) for i in wanted}
+            agree, disagree = agreement_at(indexes, sample, known)
             if best is None or agree - disagree > best[0]:
-                best = (agree - disagree, addresses)
+                best = (agree - disagree, values, reading)
     except MemoryUnavailable as exc:
         raise KernelUnavailable(f"kallsyms tables unreadable: {exc}") from None
     if best is None:
         raise KernelUnavailable("kallsyms: neither offsets + relative base nor addresses")
-    return symbol_tuples(joined, best[1])
+    _score, values, reading = best
+    return symbol_tuples(joined, list(values) if reading is None else list(map(reading, values)))
 
 
 def symbol_tuples(joined: bytes, addresses: list[int]) -> list[tuple[str, int, str]]:
