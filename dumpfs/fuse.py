@@ -227,8 +227,10 @@ class Operations(pyfuse3.Operations):
         inode = self.inode_of(node)
         attr = self._attrs.get(inode)
         if attr is None:
-            quick = isinstance(node, Dir) or node.inline    # a folder's attributes are fixed
-            attr = await self._quick(quick, self._make_attr, node)
+            if isinstance(node, Dir):       # a folder's attributes are fixed: nothing to wait for
+                attr = self._make_attr(node)
+            else:
+                attr = await self._quick(node.inline, self._make_attr, node)
             self._attrs[inode] = attr
             self._nodes[inode] = node
         return attr
