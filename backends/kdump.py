@@ -34,8 +34,8 @@ from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.extents import SourceRange, join
+from dumpfs.inflate import decompress as fast_decompress, inflate
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
-from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.limits import MAX_MEMORY_BYTES, MAX_MEMORY_RUNS, MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
 from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
@@ -50,7 +50,7 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
-PAGES_PER_BATCH = 64            # descriptors per read-ahead unit (and decode-once claim)
+PAGES_PER_BATCH = 256            # descriptors per read-ahead unit (and decode-once claim)
 STREAM_TRIGGER = 2 * MAX_PAGES_PER_BATCH    # descriptors read in a row before decoding ahead
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
 MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
@@ -438,12 +438,13 @@ class KdumpPages:
         self.cut_pfn: int | None = None     # the bitmaps hold more than MAX_MEMORY_RUNS runs from here
         self.cache = PageCache()        # decoded pages, for random readers
         self.read_ahead: ReadAhead | None = None     # compressed dumps, once the map is known
-        self.batches: PageCache | None = None   # batch -> its pages decoded ahead, back to back
+        self.batches: PageCache | None = None   # batch -> its pages decoded ahead, in order
         self.dumpable = 0
         self._run_pfns = array("q")             # each present run: its first pfn and descriptor
         self._run_descriptors = array("q")
         self._claims: dict[int, threading.Event] = {}   # batches being decoded (decode once)
         self._claims_lock = threading.Lock()
+        self._per_thread = threading.local()     # decoder state a thread reuses (zstd)
         # descriptors in the machine's byte order can be checked a whole batch at once
         self.native_table = layout.byteorder == sys.byteorder and layout.page_desc.size == 24
         self.zero_page = bytes(block_size)
@@ -591,10 +592,8 @@ class KdumpPages:
         last = (offset + length - 1) >> shift
         skip = offset - (first << shift)
         if self.read_ahead is not None:
-            self.read_ahead.note(first, last + 1)
-            data = self._from_batches(first, last + 1)
-            if data is None and last + 1 - first >= 2 * PAGES_PER_BATCH and not waiting_forbidden():
-                data = self._decode_in_parallel(first, last)
+            streaming = self.read_ahead.note(first, last + 1)
+            data = self._from_batches(first, last + 1, streaming or last + 1 - first >= PAGES_PER_BATCH)
             if data is not None:
                 return data if skip == 0 and len(data) == length else data[skip:skip + length]
         if self.native_table and last - first < MAX_RAW_RUN:
@@ -662,42 +661,37 @@ class KdumpPages:
 
     # decoding ahead of sequential readers, a batch of PAGES_PER_BATCH descriptors at a time
 
-    def _from_batches(self, start: int, end: int):
-        """The pages of descriptors [start, end) if read-ahead decoded (or is decoding) all of
-        their batches, else None: then the page path serves them."""
-        batches, claims, size = self.batches, self._claims, self.block_size
-        parts = []
+    def _from_batches(self, start: int, end: int, decode: bool):
+        """The pages of descriptors [start, end) from the batches decoded ahead: a batch being
+        decoded is waited for, one nobody decodes yet is decoded here if `decode` (a stream's
+        read, or a large one: the workers decode the batches after it meanwhile).  None if a
+        batch is missing (a small or random read) or odd: then the page path serves them."""
+        batches, claims = self.batches, self._claims
+        parts: list = []
         descriptor = start
         while descriptor < end:
             batch = descriptor // PAGES_PER_BATCH
             data = batches.get(batch)
             if data is None:
-                claim = claims.get(batch)
-                if claim is None:
+                if not decode and batch not in claims:
                     return None
-                may_wait("waiting for kdump pages being decoded ahead")
-                claim.wait()
+                may_wait("decompressing kdump pages")
+                self._fetch(batch)          # decodes it, or returns at once if claimed
+                claim = claims.get(batch)
+                if claim is not None:
+                    claim.wait()
                 data = batches.get(batch)
                 if data is None:
                     return None
             stop = min(end, (batch + 1) * PAGES_PER_BATCH)
             base = batch * PAGES_PER_BATCH
-            parts.append(memoryview(data)[(descriptor - base) * size:(stop - base) * size])
+            parts += data[descriptor - base:stop - base]
             descriptor = stop
         return join(parts)
 
-    def _decode_in_parallel(self, first: int, last: int):
-        """A large read (several batches; small, random ones never come here): the workers
-        and this thread decode its batches together."""
-        may_wait("decompressing kdump pages")
-        low, high = first // PAGES_PER_BATCH, last // PAGES_PER_BATCH
-        self.read_ahead.fetch_now(low + 1, high)
-        for batch in range(low, high + 1):
-            self._fetch(batch)
-        return self._from_batches(first, last + 1)
-
     def _fetch(self, batch: int) -> None:
-        """Decode a whole batch ahead of a reader (a worker of `read_ahead`), once."""
+        """Decode a whole batch (a worker of `read_ahead`, or a reader that got there first),
+        once: returns at once if it is decoded or being decoded."""
         if self.batches.get(batch) is not None:
             return
         with self._claims_lock:
@@ -713,8 +707,8 @@ class KdumpPages:
                 del self._claims[batch]
             claim.set()
 
-    def _decode_batch(self, batch: int) -> bytearray | None:
-        """The pages of one batch back to back; None if anything is odd (a corrupt page, data
+    def _decode_batch(self, batch: int) -> list | None:
+        """The pages of one batch (bytes or views), in order; None if anything is odd (a corrupt page, data
         far apart): the page path then reports it, page by page."""
         first = batch * PAGES_PER_BATCH
         count = min(PAGES_PER_BATCH, self.dumpable - first)
@@ -735,43 +729,47 @@ class KdumpPages:
                 if times > 1 and offset not in zero_offsets and len(zero_offsets) < MAX_SHARED_ZERO_PAGES \
                         and self.source.read(offset, block_size) == self.zero_page:
                     zero_offsets.add(offset)
-        stored = [k for k in range(count) if offsets[k] not in zero_offsets]
-        out = bytearray(count * block_size)
+        return self._decode_stored(offsets, sizes_flags)
+
+    def _decode_stored(self, offsets: list[int], sizes_flags: list[int]) -> list | None:
+        """The pages of a batch's descriptors, in order: one pread, one decoder call per
+        page and as little other per-page Python work as can be (that work holds the GIL,
+        which is what keeps decoding threads from running together)."""
+        block_size, zero_offsets, zero_page = self.block_size, self.zero_offsets, self.zero_page
+        lengths = [size_flags & 0xFFFFFFFF for size_flags in sizes_flags]
+        methods = {size_flags >> 32 for size_flags in sizes_flags}
+        shared = not zero_offsets.isdisjoint(offsets)
+        stored = [k for k, offset in enumerate(offsets) if offset not in zero_offsets] if shared \
+            else range(len(offsets))
         if not stored:
-            return out
-        low = min(offsets[k] for k in stored)
-        high = max(offsets[k] + (sizes_flags[k] & 0xFFFFFFFF) for k in stored)
+            return [zero_page] * len(offsets)
+        if shared:
+            low, high = min(offsets[k] for k in stored), max(offsets[k] + lengths[k] for k in stored)
+        else:
+            low, high = min(offsets), max(map(int.__add__, offsets, lengths))
         if low < 0 or high > self.source.size or high - low > 2 * MAX_COALESCED_READ:
             return None
         blob = memoryview(self.source.read(low, high - low))
         if len(blob) != high - low:
             return None
-        decompress, zero_page = zlib.decompress, self.zero_page
-        for k in stored:
-            at = offsets[k] - low
-            length = sizes_flags[k] & 0xFFFFFFFF
-            flags = sizes_flags[k] >> 32
-            raw = blob[at:at + length]
-            if flags == DUMP_DH_COMPRESSED_ZLIB:
-                try:
-                    page = decompress(raw, 15, block_size)
-                except zlib.error:
-                    return None
-            elif flags == 0 and length == block_size:
-                if raw == zero_page:
-                    if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
-                        zero_offsets.add(offsets[k])
-                    continue
-                page = raw
+        views = [zero_page if shared and offset in zero_offsets else blob[offset - low:offset - low + length]
+                 for offset, length in zip(offsets, lengths)]
+        try:
+            if methods <= {0, DUMP_DH_COMPRESSED_ZLIB}:     # the common case, without dispatch
+                pages = [fast_decompress(view, 15, block_size) if size_flags >> 32 else view
+                         for view, size_flags in zip(views, sizes_flags)]
             else:
-                try:
-                    page = self._decode(raw, flags, 0)
-                except MemoryUnavailable:
-                    return None
-            if len(page) != block_size:
-                return None
-            out[k * block_size:(k + 1) * block_size] = page
-        return out
+                decoders = {0: memoryview, **self.decoders}
+                pages = [decoders[size_flags >> 32](view) for view, size_flags in zip(views, sizes_flags)]
+        except Exception:       # noqa: BLE001 - any library's error: the page path reports it
+            return None
+        if set(map(len, pages)) != {block_size}:
+            return None
+        if 0 in methods and len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
+            for offset, size_flags, page in zip(offsets, sizes_flags, pages):    # raw zero pages:
+                if not size_flags >> 32 and page is not zero_page and page == zero_page:
+                    zero_offsets.add(offset)            # the shared one, for the page path
+        return pages
 
     def _pages(self, descriptor: int, count: int) -> list[bytes]:
         """The decoded pages of `count` descriptors from `descriptor` on (cached by descriptor).
@@ -846,7 +844,6 @@ class KdumpPages:
 
         if any(flags for group in groups for _, _, flags in group[2]):
             may_wait("decompressing kdump pages")
-        decompress = zlib.decompress
         for data_offset, group_length, members in groups:
             blob = memoryview(self.source.read(data_offset, group_length))
             position = 0
@@ -858,7 +855,7 @@ class KdumpPages:
                 page = None
                 if flags == DUMP_DH_COMPRESSED_ZLIB:     # the common case, without the dispatch
                     try:
-                        page = decompress(raw, 15, block_size)
+                        page = inflate(raw, block_size)
                     except zlib.error:
                         pass
                     if page is None or len(page) != block_size:
@@ -921,7 +918,10 @@ class KdumpPages:
         declared = zstandard.frame_content_size(raw)
         if declared not in (-1, self.block_size):
             raise ValueError(f"zstd frame declares {declared} bytes")
-        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=self.block_size)
+        decompressor = getattr(self._per_thread, "zstd", None)
+        if decompressor is None:        # a new one per page costs 2.5x the page's decoding
+            decompressor = self._per_thread.zstd = zstandard.ZstdDecompressor()
+        return decompressor.decompress(raw, max_output_size=self.block_size)
 
 
 def _snappy_length(raw) -> int:

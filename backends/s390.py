@@ -24,6 +24,7 @@ from dumpfs.arch import s390x
 from dumpfs.s390dump import (ARCH_S390X, CPU_MAX, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S390,
                              MAGIC_S390_EXT, DumpHeader, EndMarker, tod_to_datetime)
 from dumpfs.errors import DamagedDump, MemoryUnavailable, MissingPart, NoDump, Problem, Unsupported
+from dumpfs.inflate import inflate_prefix
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.model import Cpu, Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState
 from dumpfs.waiting import may_wait
@@ -511,7 +512,7 @@ class S390Dump:
             data = raw
         else:
             try:
-                data = zlib.decompressobj().decompress(raw, size)
+                data = inflate_prefix(raw, size)
             except zlib.error as e:
                 raise MemoryUnavailable(address, f"zlib entry {index} of segment "
                                                  f"#{segment.number} is corrupt: {e}") from None

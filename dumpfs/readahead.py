@@ -13,7 +13,10 @@ numbers, s390_ext: addresses); a unit is `unit` positions (a batch of pages,
 a compression entry).  `fetch(unit)` decodes one unit into the backend's
 cache; it must decode each unit once however many threads ask (backends keep
 an in-flight registry, so a reader needing a unit being fetched waits for
-it), and must swallow errors: the reader meets them itself later.
+it), and must swallow errors: the reader meets them itself later.  A
+stream's reader decodes the unit it needs itself when no worker has started
+it; the workers meanwhile decode the units after it (`note` says whether a
+read belongs to a stream).
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ class ReadAhead:
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
-    def note(self, start: int, end: int) -> None:
-        """A read of positions [start, end): continue or restart the stream, fetch ahead."""
+    def note(self, start: int, end: int) -> bool:
+        """A read of positions [start, end): continue or restart the stream, fetch ahead.
+        True if the read is part of a stream being fetched ahead."""
         with self._lock:
-            if (start, end) == self._last or self._closed:
-                return          # the same request again (retried in a worker thread)
+            if self._closed:
+                return False
+            if (start, end) == self._last:      # the same request again (retried in a worker thread)
+                return self._frontier - self._stream_start >= self.trigger
             self._last = (start, end)
             slack = max(self.unit, self.trigger // 2)     # FUSE requests may overtake each other
             if self._frontier - slack <= start <= self._frontier + slack:
@@ -63,22 +69,13 @@ class ReadAhead:
             else:
                 self._restart(start, end)
             if self._frontier - self._stream_start < self.trigger:
-                return
+                return False
             first = max(self._scheduled + 1, self._frontier // self.unit)
             last = min(self._frontier // self.unit + self.window, self.units - 1)
             for unit in range(first, last + 1):
                 self._submit(unit)
             self._scheduled = max(self._scheduled, last)
-
-    def fetch_now(self, first: int, last: int) -> None:
-        """Have the workers fetch units first..last now (the reader needs them all at once and
-        fetches them itself too, in order: who comes first decodes, the other skips)."""
-        with self._lock:
-            if self._closed:
-                return
-            for unit in range(first, min(last, self.units - 1) + 1):
-                if unit not in self._pending:
-                    self._submit(unit)
+            return True
 
     def _restart(self, start: int, end: int) -> None:
         self._stream_start, self._frontier = start, end

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import fixturecache as fc
+from writers import kdump as kdump_writer
 from dumpfs.backends import elf, flattened, kdump
 from dumpfs.errors import DumpError, MemoryUnavailable
 from dumpfs.model import PageState
@@ -545,31 +546,26 @@ def write_kdump(path, pages, excluded=(), status=0x01, cut=None):
     compress = {"zlib": (1, lambda p: zlib.compress(p, 1)), "lzo": (2, lambda p: lzo.compress(p, 1, False)),
                 "snappy": (4, snappy.compress), "zstd": (0x20, zstandard.ZstdCompressor(level=1).compress),
                 "raw": (0, bytes)}
-    max_mapnr = max([*pages, *excluded]) + 1
-    per_bitmap = -(-(-(-max_mapnr // 8)) // PAGE)
-    uts = b"".join(s.ljust(65, b"\0") for s in (b"Linux", b"node", b"6.1.0-test", b"#1", b"x86_64", b""))
-    header = struct.pack("<8si390s6xqqIiiIIIIIIi", b"KDUMP   ", 6, uts, 1700000000, 0, status, PAGE, 1,
-                         2 * per_bitmap, max_mapnr, 0, 0, 0, 0, 1).ljust(PAGE, b"\0")
-    sub = struct.pack("<QiiQQqQqQqQQQQ", 0x1000000, 31, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                      max_mapnr).ljust(PAGE, b"\0")
-    bm1 = sum(1 << pfn for pfn in [*pages, *excluded]).to_bytes(per_bitmap * PAGE, "little")
-    bm2 = sum(1 << pfn for pfn in pages).to_bytes(per_bitmap * PAGE, "little")
-    data_start = 2 * PAGE + 2 * per_bitmap * PAGE + 24 * len(pages)
-    data, descriptors = [bytes(PAGE)], []
-    position = data_start + PAGE
-    for pfn in sorted(pages):
-        page, method = pages[pfn]
-        if method == "zero":
-            descriptors.append(struct.pack("<qIIQ", data_start, PAGE, 0, 0))
-            continue
-        flags, pack = compress[method]
-        stored = pack(page)
-        assert method == "raw" or len(stored) < PAGE, "test data must compress"
-        descriptors.append(struct.pack("<qIIQ", position, len(stored), flags, 0))
-        data.append(stored)
-        position += len(stored)
-    blob = header + sub + bm1 + bm2 + b"".join(descriptors) + b"".join(data)
-    path.write_bytes(blob[:cut])
+
+    def stored():
+        for pfn in sorted(pages):
+            page, method = pages[pfn]
+            if method == "zero":
+                yield bytes(PAGE), 0, kdump_writer.ZERO
+                continue
+            flags, pack = compress[method]
+            data = pack(page)
+            assert method == "raw" or len(data) < PAGE, "test data must compress"
+            yield data, flags, None
+
+    uts = kdump_writer.utsname("x86_64", "6.1.0-test", "node", "#1")
+    with open(path, "wb") as f:
+        kdump_writer.write_kdump(f, sorted(pages), stored(), max_mapnr=max([*pages, *excluded]) + 1,
+                                 status=status, block_size=PAGE, uts=uts, dump_level=31,
+                                 phys_base=0x1000000, excluded=excluded, tv_sec=1700000000,
+                                 shared_zero_page=True)
+    if cut is not None:
+        os.truncate(path, cut)
     return path
 
 
@@ -634,7 +630,7 @@ def test_written_kdump_batch_decode_equals_page_path(tmp_path):
     dump.memory.chunks
     reader = kdump_pages(dump)
     batches = range(-(-len(pages) // kdump.PAGES_PER_BATCH))
-    assert b"".join(bytes(reader._decode_batch(b)) for b in batches) == \
+    assert b"".join(b"".join(reader._decode_batch(b)) for b in batches) == \
         b"".join(pages[pfn][0] for pfn in sorted(pages))
     dump.close()
 
@@ -662,3 +658,40 @@ def test_sequential_reads_decode_ahead_random_reads_do_not():
         reference.read_physical(run.start + (8 << 20), 4 << 20)
     dump.close()
     reference.close()
+
+
+def test_written_kdump_corrupt_zlib_page_fails_with_zlibs_error_in_a_stream(tmp_path):
+    """A corrupt zlib page in the middle of a stream decoded ahead: the pages before it are
+    read, the page itself fails with zlib's message (whichever library decoded the others)."""
+    import zlib
+    rng = random.Random(8)
+    pages = {}
+    for pfn in range(1200):
+        words = [b"stream ", b"page ", b"%d " % pfn, b"\0\0\0\0"]
+        pages[pfn] = (b"".join(rng.choice(words) for _ in range(PAGE))[:PAGE], "zlib")
+    path = write_kdump(tmp_path / "corrupt.kdump", pages)
+    dump = open_path(path)
+    dump.memory.chunks
+    reader = kdump_pages(dump)
+    bad = 700
+    table = reader.table_start + bad * 24
+    with open(path, "r+b") as f:
+        f.seek(table)
+        offset, size = struct.unpack("<qI", f.read(12))
+        f.seek(offset + 2)
+        f.write(bytes(8))              # the deflate data of page 700, zeroed
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(size)
+    with pytest.raises(zlib.error) as expected:
+        zlib.decompress(raw, 15, PAGE)
+    dump.close()
+    dump = open_path(path)
+    for start in range(0, bad * PAGE // (1 << 20) * (1 << 20), 1 << 20):
+        assert dump.read_physical(start, 1 << 20) == b"".join(
+            pages[pfn][0] for pfn in range(start // PAGE, (start + (1 << 20)) // PAGE))
+    with pytest.raises(MemoryUnavailable) as caught:
+        dump.read_physical(bad // 256 * 256 * PAGE, 1 << 20)
+    assert caught.value.reason == f"corrupt page data: zlib: {expected.value}"
+    assert dump.read_physical((bad + 1) * PAGE, PAGE) == pages[bad + 1][0]
+    dump.close()
