@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
+from itertools import islice
 
 from dumpfs.errors import Severity
 from dumpfs.model import Dump, DumpMeta, MemoryChunk, Note, PageState
@@ -33,8 +34,9 @@ def is_origin(note: Note) -> bool:
 def origin_note(dump: Dump) -> Note:
     """The note for a core written from `dump` (a converted dump's origin carries over)."""
     meta = dump.meta
-    excluded = dump.memory.ranges(PageState.EXCLUDED)[:MAX_RANGES]
-    missing = dump.memory.ranges(PageState.MISSING)[:MAX_RANGES - len(excluded)]
+    runs = dump.memory.runs
+    excluded = list(islice(runs.ranges(PageState.EXCLUDED), MAX_RANGES))
+    missing = list(islice(runs.ranges(PageState.MISSING), MAX_RANGES - len(excluded)))
     header = {
         "format": meta.details.get("converted from", meta.format),
         "writer": meta.details.get("original writer", meta.writer),

@@ -6,21 +6,36 @@ a hole fails, so `dd conv=noerror,sync` keeps its offsets), or, with
 `zero_holes` (-o zero_excluded), read as zeros so that cp, rsync and tar copy
 the file whole.  Either way `memory/map` lists every chunk with its state, so
 the zeros are never taken for data.
+
+A damaged dump may have millions of runs: past MAX_RANGE_FILES ranges, each
+file spans several consecutive ranges (what lies between them is not in the
+dump: EIO, or zeros with `zero_holes`), and `memory/map` is formatted a
+block of runs at a time when read, never held whole.
 """
 
 from __future__ import annotations
 
 import errno
-from bisect import bisect_left
+import threading
+from array import array
+from bisect import bisect_right
+from itertools import accumulate, islice
 
 from dumpfs.errors import MemoryUnavailable
-from dumpfs.model import HOLES, Dump, MemoryChunk
+from dumpfs.model import EXCLUDED_RUN, MISSING_RUN, PRESENT_READERS, Dump, Memory
 from dumpfs.tree import Dir, File
 
+MAX_RANGE_FILES = 1 << 14       # files in memory/ at most
+MAP_BLOCK_RUNS = 1 << 14        # runs of memory/map formatted at once
+RUN_STATE_NAMES = ("zero", "excluded", "missing", "present")    # by reader number, present from 3 on
 
-def contiguous_ranges(dump: Dump) -> list[tuple[int, int]]:
-    """One file per run of adjacent chunks, whatever their state."""
-    return dump.memory.ranges()
+
+def contiguous_ranges(dump: Dump, limit: int | None = None) -> tuple[list[tuple[int, int]], int]:
+    """The first `limit` (all: None) runs of adjacent chunks whatever their state, and how many
+    there are."""
+    ranges = dump.memory.runs.ranges()
+    first = list(islice(ranges, limit))
+    return first, len(first) + sum(1 for _ in ranges)
 
 
 def range_name(start: int, end: int) -> str:
@@ -52,30 +67,76 @@ def range_line(start: int, end: int, state: str) -> str:
     return f"{start:016x}-{end:016x} {state:<8} {_human(end - start)}\n"
 
 
-def map_line(chunk: MemoryChunk) -> str:
-    return range_line(chunk.start, chunk.end, chunk.state.value)
+def range_files(memory: Memory) -> list[tuple[int, int, bool]]:
+    """(start, end, holes) of each file of memory/: a run of adjacent chunks, and whether
+    an excluded or missing chunk lies in it; past MAX_RANGE_FILES runs, consecutive ones
+    are grouped (with the gaps between them: holes) so that there are MAX_RANGE_FILES."""
+    runs = memory.runs
+    starts, ends, holes = array("Q"), array("Q"), bytearray()
+    for start, size, number in zip(runs.starts, runs.sizes, runs.which):
+        hole = number == EXCLUDED_RUN or number == MISSING_RUN
+        if ends and ends[-1] == start:
+            ends[-1] = start + size
+            holes[-1] |= hole
+        else:
+            starts.append(start)
+            ends.append(start + size)
+            holes.append(hole)
+    group = -(-len(starts) // MAX_RANGE_FILES)
+    if group <= 1:
+        return [(start, end, bool(hole)) for start, end, hole in zip(starts, ends, holes)]
+    return [(starts[i], ends[min(i + group, len(starts)) - 1], True)
+            for i in range(0, len(starts), group)]
 
 
-def map_text(dump: Dump) -> str:
-    return "".join(map_line(c) for c in dump.memory)
+class MapText:
+    """The text of memory/map, one line per run, formatted a block of MAP_BLOCK_RUNS runs at a
+    time when read (the size, on first stat, formats each block once and keeps its length)."""
 
+    def __init__(self, memory: Memory):
+        self._memory = memory
+        self._offsets: list[int] | None = None      # where each block's text starts, and the end
+        self._last: tuple[int, bytes] = (-1, b"")   # the block formatted last
+        self._lock = threading.Lock()
 
-def hole_starts(dump: Dump) -> list[int]:
-    """Where each excluded or missing run starts, in order."""
-    return sorted(start for state in HOLES for start, _ in dump.memory.ranges(state))
+    def _block(self, block: int) -> bytes:
+        last = self._last
+        if last[0] == block:
+            return last[1]
+        runs = self._memory.runs
+        low, high = block * MAP_BLOCK_RUNS, (block + 1) * MAP_BLOCK_RUNS
+        text = "".join(range_line(start, start + size, RUN_STATE_NAMES[min(number, PRESENT_READERS)])
+                       for start, size, number in zip(runs.starts[low:high], runs.sizes[low:high],
+                                                      runs.which[low:high])).encode()
+        self._last = (block, text)
+        return text
+
+    def size(self) -> int:
+        with self._lock:
+            if self._offsets is None:
+                blocks = -(-len(self._memory.runs) // MAP_BLOCK_RUNS)
+                self._offsets = list(accumulate((len(self._block(b)) for b in range(blocks)), initial=0))
+        return self._offsets[-1]
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.size()
+        offsets = self._offsets
+        end = min(offset + length, offsets[-1])
+        first = bisect_right(offsets, offset) - 1
+        parts, block = [], first
+        while block < len(offsets) - 1 and offsets[block] < end:
+            parts.append(self._block(block))
+            block += 1
+        return b"".join(parts)[offset - offsets[first]:end - offsets[first]]
 
 
 def memory_dir(dump: Dump, zero_holes: bool = False) -> Dir:
     """The range files; with holes and without `zero_holes`, each read of one is whole or EIO."""
     def children():
-        starts = hole_starts(dump)
-        files = []
-        for start, end in contiguous_ranges(dump):
-            first_hole = bisect_left(starts, start)
-            has_holes = first_hole < len(starts) and starts[first_hole] < end
-            files.append(File(range_name(start, end), end - start,
-                              physical_reader(dump, start, zero_holes), inline=True,
-                              exact_reads=has_holes and not zero_holes))
-        files.append(File.from_bytes("map", lambda: map_text(dump).encode()))
+        files = [File(range_name(start, end), end - start, physical_reader(dump, start, zero_holes),
+                      inline=True, exact_reads=holes and not zero_holes)
+                 for start, end, holes in range_files(dump.memory)]
+        text = MapText(dump.memory)
+        files.append(File("map", text.size, text.read))
         return files
     return Dir("memory", children)

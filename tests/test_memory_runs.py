@@ -1,0 +1,83 @@
+"""Millions of memory runs stay cheap: a kdump whose bitmaps are random bits (issue 9).
+
+The 2 MiB mutant (tests/fuzz.py, generator "kdump-random-bitmaps") describes
+1.8 million runs of pages.  Held as a Python object each, `info` took 750 MB
+and 20 s; as columns of the run table it takes a few bytes a run.  The bounds
+below are generous: a return to an object per run breaks them by far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+import fuzz
+from conftest import DUMPFS, is_mounted, run_dumpfs, unmount
+from dumpfs.views.memory import MAX_RANGE_FILES
+
+RSS_CAP_MIB = 400               # measured: 170 MB (before the run table: 750 MB)
+TIMEOUT = 180                   # measured: a few seconds (before: 20 s to a minute)
+RUNS = 1_835_275                # runs in the mutant's memory map
+
+# `dumpfs ARGS` as a child of a fresh interpreter, which prints the child's exit status, peak
+# RSS and output: RUSAGE_CHILDREN of the test process would count every earlier child too
+MEASURED = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"code": done.returncode, "rss_kib": peak, "stdout": done.stdout, "stderr": done.stderr}))
+"""
+
+
+@pytest.fixture(scope="module")
+def mutant(tmp_path_factory):
+    _seed, files = fuzz.GENERATORS["kdump-random-bitmaps"]([])
+    path = tmp_path_factory.mktemp("runs") / "random-bitmaps.kdump"
+    path.write_bytes(files[0])
+    return path
+
+
+def measured(*args) -> dict:
+    done = subprocess.run([sys.executable, "-c", MEASURED, *DUMPFS, *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_info_of_random_bitmaps_is_cheap(mutant):
+    run = measured("info", "--json", mutant)
+    assert run["code"] == 0 and run["stderr"] == "", run["stderr"][-2000:]
+    info = json.loads(run["stdout"])
+    assert info["memory"]["chunks"] == RUNS
+    assert info["memory"]["range_count"] > len(info["memory"]["ranges"])
+    assert run["rss_kib"] < RSS_CAP_MIB << 10, f"peak RSS {run['rss_kib'] >> 10} MiB"
+
+
+def test_mount_of_random_bitmaps_stays_bounded(mutant, mountpoint):
+    done = run_dumpfs("mount", mutant, mountpoint, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    try:
+        names = os.listdir(mountpoint / "memory")
+        assert "map" in names and len(names) <= MAX_RANGE_FILES + 1
+        map_size = (mountpoint / "memory" / "map").stat().st_size
+        with open(mountpoint / "memory" / "map", "rb") as f:
+            head = f.read(1 << 16)
+            f.seek(map_size - (1 << 16))
+            tail = f.read()
+        lines = head.splitlines()[:-1] + tail.splitlines()[1:]
+        assert all(line.split()[1] in (b"present", b"excluded", b"missing") for line in lines)
+        assert tail.endswith(b"\n") and len(tail) == 1 << 16
+        with open(mountpoint / "vmcore", "rb") as f:
+            header = f.read(8192)
+        assert header[:4] == b"\x7fELF"
+        phnum, = struct.unpack_from("<H", header, 56)
+        assert phnum == 0xFFFF      # PN_XNUM: more program headers than an Elf64_Half holds
+        assert "Dump format" in (mountpoint / "info").read_text()    # the daemon is alive
+    finally:
+        unmount(mountpoint)
+        assert not is_mounted(mountpoint)
