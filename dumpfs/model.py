@@ -15,7 +15,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import compress, islice
-from operator import add, le
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity
@@ -46,7 +45,7 @@ HOLES = (PageState.EXCLUDED, PageState.MISSING)
 ADDRESS_SPACE = 1 << 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemoryChunk:
     """A contiguous physical range in one state; PRESENT chunks carry their reader."""
 
@@ -124,29 +123,25 @@ class Runs:
         self.readers = Readers([zeros, _UNREADABLE[PageState.EXCLUDED],
                                 _UNREADABLE[PageState.MISSING]])
         self._totals: dict[PageState, int] | None = None
+        self.end = 0                    # one past the last run
 
     @classmethod
     def from_columns(cls, starts: array, sizes: array, which: array, wheres: array,
                      readers: Iterable[ChunkReader], totals: dict[PageState, int] | None = None) -> Runs:
-        """Runs given as columns, for a backend that finds millions of them (checked in one
-        pass): `which` numbers `readers` from PRESENT_READERS on; a hole's `where` is its start.
+        """Runs given as columns, for a backend that finds millions of them: sorted, not
+        overlapping, none empty (the caller's promise, not checked run by run); `which`
+        numbers `readers` from PRESENT_READERS on; a hole's `where` is its start.
         `totals`: the bytes in each state, if the backend knows them (else counted when asked)."""
         runs = cls()
         runs._totals = totals
         for read in readers:
             runs.readers.append(read)
         runs.starts, runs.sizes, runs.which, runs.wheres = starts, sizes, which, wheres
-        if not len(starts) == len(sizes) == len(which) == len(wheres) or (sizes and min(sizes) == 0) \
+        runs.end = starts[-1] + sizes[-1] if starts else 0
+        if not len(starts) == len(sizes) == len(which) == len(wheres) \
                 or (which and max(which) >= len(runs.readers)):
-            raise DumpError("memory runs: columns of different lengths, empty runs or unknown readers")
-        if not all(map(le, map(add, starts, sizes), islice(starts, 1, None))):
-            raise DumpError("memory ranges overlap or are out of order")
+            raise DumpError("memory runs: columns of different lengths or unknown readers")
         return runs
-
-    @property
-    def end(self) -> int:
-        """One past the last run."""
-        return self.starts[-1] + self.sizes[-1] if self.starts else 0
 
     @property
     def totals(self) -> dict[PageState, int]:
@@ -183,6 +178,7 @@ class Runs:
         self.which.append(number)
         self.wheres.append(where)
         self._totals = None
+        self.end = start + size
 
     @classmethod
     def of(cls, chunks: Iterable[MemoryChunk]) -> Runs:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import struct
-from itertools import islice
+import sys
+from array import array
+from itertools import chain, islice
 
 from dumpfs.errors import Severity
 from dumpfs.model import Dump, DumpMeta, MemoryChunk, Note, PageState
@@ -35,19 +37,22 @@ def origin_note(dump: Dump) -> Note:
     """The note for a core written from `dump` (a converted dump's origin carries over)."""
     meta = dump.meta
     runs = dump.memory.runs
-    excluded = list(islice(runs.ranges(PageState.EXCLUDED), MAX_RANGES))
-    missing = list(islice(runs.ranges(PageState.MISSING), MAX_RANGES - len(excluded)))
+    excluded = array("Q", chain.from_iterable(islice(runs.ranges(PageState.EXCLUDED), MAX_RANGES)))
+    missing = array("Q", chain.from_iterable(islice(runs.ranges(PageState.MISSING),
+                                                    MAX_RANGES - len(excluded) // 2)))
     header = {
         "format": meta.details.get("converted from", meta.format),
         "writer": meta.details.get("original writer", meta.writer),
         "dump_level": meta.dump_level,
         "compression": meta.compression,
         "problems": [[p.text, int(p.severity)] for p in meta.problems],
-        "excluded": len(excluded),
-        "missing": len(missing),
+        "excluded": len(excluded) // 2,
+        "missing": len(missing) // 2,
     }
-    pairs = b"".join(_PAIR.pack(start, end) for start, end in excluded + missing)
-    return Note(NOTE_NAME, NT_DUMPFS_ORIGIN, json.dumps(header).encode() + b"\0" + pairs)
+    pairs = excluded + missing          # (start, end) pairs, little-endian u64 in the note
+    if sys.byteorder == "big":
+        pairs.byteswap()
+    return Note(NOTE_NAME, NT_DUMPFS_ORIGIN, json.dumps(header).encode() + b"\0" + pairs.tobytes())
 
 
 def read_origin(note: Note, meta: DumpMeta) -> list[MemoryChunk]:

@@ -19,10 +19,11 @@ import errno
 import threading
 from array import array
 from bisect import bisect_right
+from functools import lru_cache
 from itertools import accumulate, islice
 
 from dumpfs.errors import MemoryUnavailable
-from dumpfs.model import EXCLUDED_RUN, MISSING_RUN, PRESENT_READERS, Dump, Memory
+from dumpfs.model import ADDRESS_SPACE, EXCLUDED_RUN, MISSING_RUN, PRESENT_READERS, Dump, Memory
 from dumpfs.tree import Dir, File
 
 MAX_RANGE_FILES = 1 << 14       # files in memory/ at most
@@ -54,6 +55,7 @@ def physical_reader(dump: Dump, base: int, zero_holes: bool = False):
     return read
 
 
+@lru_cache(maxsize=1 << 12)        # sizes repeat: a damaged map of millions of runs has a few
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -65,6 +67,15 @@ def _human(size: int) -> str:
 def range_line(start: int, end: int, state: str) -> str:
     """One line of a map: `start-end state size` (hex addresses, end exclusive)."""
     return f"{start:016x}-{end:016x} {state:<8} {_human(end - start)}\n"
+
+
+RANGE_LINE_BYTES = len(range_line(0, 0, "")) - len(_human(0))
+"""A map line's length but its size text, for states of up to 8 letters and ends below 2^64."""
+
+
+@lru_cache(maxsize=1 << 12)
+def _human_length(size: int) -> int:
+    return len(_human(size))
 
 
 def range_files(memory: Memory) -> list[tuple[int, int, bool]]:
@@ -91,7 +102,7 @@ def range_files(memory: Memory) -> list[tuple[int, int, bool]]:
 
 class MapText:
     """The text of memory/map, one line per run, formatted a block of MAP_BLOCK_RUNS runs at a
-    time when read (the size, on first stat, formats each block once and keeps its length)."""
+    time when read."""
 
     def __init__(self, memory: Memory):
         self._memory = memory
@@ -112,22 +123,30 @@ class MapText:
         return text
 
     def size(self) -> int:
+        """Counted, not formatted: every line but its size text is RANGE_LINE_BYTES long."""
         with self._lock:
             if self._offsets is None:
-                blocks = -(-len(self._memory.runs) // MAP_BLOCK_RUNS)
-                self._offsets = list(accumulate((len(self._block(b)) for b in range(blocks)), initial=0))
+                runs = self._memory.runs
+                sizes, count = runs.sizes, len(runs)
+                lengths = (RANGE_LINE_BYTES * len(sizes[low:low + MAP_BLOCK_RUNS])
+                           + sum(map(_human_length, sizes[low:low + MAP_BLOCK_RUNS]))
+                           for low in range(0, count, MAP_BLOCK_RUNS))
+                self._offsets = list(accumulate(lengths, initial=0))
+                self._offsets[-1] += runs.end >= ADDRESS_SPACE     # an end of 2^64 has 17 digits
         return self._offsets[-1]
 
     def read(self, offset: int, length: int) -> bytes:
         self.size()
         offsets = self._offsets
         end = min(offset + length, offsets[-1])
-        first = bisect_right(offsets, offset) - 1
-        parts, block = [], first
-        while block < len(offsets) - 1 and offsets[block] < end:
-            parts.append(self._block(block))
+        block = bisect_right(offsets, offset) - 1
+        parts = []
+        while offset < end:
+            text = self._block(block)
+            parts.append(text[offset - offsets[block]:end - offsets[block]])
+            offset = offsets[block + 1]
             block += 1
-        return b"".join(parts)[offset - offsets[first]:end - offsets[first]]
+        return b"".join(parts)
 
 
 def memory_dir(dump: Dump, zero_holes: bool = False) -> Dir:
