@@ -34,7 +34,7 @@ from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64
 from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs.elfnote import parse_notes, sort_notes
-from dumpfs.extents import SourceRange, join
+from dumpfs.extents import join
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.waiting import waiting_forbidden
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
@@ -620,11 +620,6 @@ class KdumpPages:
         self.meta.add_problem(text)
 
     # reading
-
-    def _reader(self, run_descriptor: int) -> SourceRange:
-        """A present run's bytes are a range of the descriptor space: runs that follow each
-        other there (split only by excluded pages) are read as one (`extents.coalesce`)."""
-        return SourceRange(self.read, run_descriptor << self.page_shift)
 
     def _address(self, descriptor: int) -> int:
         """The physical address of the page with this descriptor (for error messages)."""

@@ -15,7 +15,9 @@ A fill says where an extent's bytes come from:
 
 A fill's reader returns exactly the bytes asked for; a short answer ends the
 read there (the source ended).  The bytes between extents are the file's gap
-fill: zeros, or `Unreadable` ("not in the dump").
+fill: zeros, or `Unreadable` ("not in the dump").  Millions of extents are
+given as columns (`ExtentFile.columns`): a few bytes each, over a few
+numbered readers.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Extent(NamedTuple):
 
 
 def zeros(offset: int, length: int) -> bytes:
+    """The reader of a zero fill."""
     return bytes(length)
 
 
@@ -251,22 +254,6 @@ class ExtentFile:
                 and 0 <= wheres[last + 1] - (wheres[last] + lengths[last]) <= self._read_across:
             last += 1
         return last
-
-
-def coalesce(extents: Sequence[tuple[int, int, Fill]]) -> list[tuple[int, int, Fill]]:
-    """Sorted extents with each run of source ranges that continue each other both in the
-    file and in one source merged into one extent: a QEMU paging=true dump has a PT_LOAD
-    per page, which would otherwise cost a read per page of every request."""
-    merged: list[tuple[int, int, Fill]] = []
-    for offset, length, fill in extents:
-        if merged and isinstance(fill, SourceRange):
-            last_offset, last_length, last_fill = merged[-1]
-            if isinstance(last_fill, SourceRange) and last_offset + last_length == offset \
-                    and last_fill.read == fill.read and last_fill.start + last_length == fill.start:
-                merged[-1] = (last_offset, last_length + length, last_fill)
-                continue
-        merged.append((offset, length, fill))
-    return merged
 
 
 def cut(extent: Extent, low: int, high: int) -> Extent:

@@ -243,7 +243,9 @@ class Runs:
 
     def extent_file(self) -> ExtentFile:
         """The runs as one file over the address space; the gaps are "not in the dump".
-        Present runs that continue each other in one reader are read as one."""
+        Present runs that continue each other in one reader are read as one: a QEMU
+        paging=true dump has a PT_LOAD per page, which would otherwise cost a read per page
+        of every request."""
         starts, sizes, which, wheres = self.starts, self.sizes, self.which, self.wheres
         if any(before == after >= PRESENT_READERS and starts[i] == starts[i - 1] + sizes[i - 1]
                and wheres[i] == wheres[i - 1] + sizes[i - 1]

@@ -19,6 +19,9 @@ import pytest
 
 import fuzz
 from conftest import DUMPFS, is_mounted, run_dumpfs, unmount
+from dumpfs.errors import MemoryUnavailable
+from dumpfs.extents import SourceRange
+from dumpfs.model import Memory, MemoryChunk, PageState
 from dumpfs.views.memory import MAX_RANGE_FILES
 
 RSS_CAP_MIB = 400               # measured: 170 MB (before the run table: 750 MB)
@@ -89,3 +92,27 @@ def test_mount_of_random_bitmaps_stays_bounded(mutant, mountpoint):
     finally:
         unmount(mountpoint)
         assert not is_mounted(mountpoint)
+
+
+def test_run_table_gives_back_the_chunks_and_reads_like_them():
+    """Chunks in, the same chunks out (made on demand); reads join runs that continue each
+    other in one reader, and zero-filled reads fill holes and gaps."""
+    flat = bytes(range(256)) * 64
+    read = lambda offset, length: flat[offset:offset + length]     # noqa: E731
+    chunks = [MemoryChunk(0x1000, 0x1000, PageState.PRESENT, SourceRange(read, 0)),
+              MemoryChunk(0x2000, 0x1000, PageState.PRESENT, SourceRange(read, 0x1000)),
+              MemoryChunk(0x3000, 0x800, PageState.ZERO),
+              MemoryChunk(0x3800, 0x800, PageState.EXCLUDED),
+              MemoryChunk(0x6000, 0x1000, PageState.PRESENT, read),
+              MemoryChunk(0x7000, 0x1000, PageState.MISSING)]
+    memory = Memory(list(reversed(chunks)))
+    assert [(c.start, c.size, c.state) for c in memory.chunks] == [(c.start, c.size, c.state) for c in chunks]
+    assert memory.chunks[-2].read is read and memory.chunks[1].read(0, 4) == flat[0x1000:0x1004]
+    assert memory.read_physical(0x1800, 0x2000) == flat[0x800:0x2000] + bytes(0x800)
+    assert memory.size_in(PageState.PRESENT) == 0x3000 and memory.end == 0x8000
+    assert memory.ranges() == [(0x1000, 0x4000), (0x6000, 0x8000)]
+    expected = bytes(0x1000) + flat[:0x2000] + bytes(0x3000) + flat[:0x1000] + bytes(0x2000)
+    assert memory.read_zero_filled(0, 0x9000) == expected
+    assert memory.hole_at(0x3900) is PageState.EXCLUDED and memory.hole_at(0x4000) is PageState.MISSING
+    with pytest.raises(MemoryUnavailable):
+        memory.read_physical(0x3000, 0x1000)
