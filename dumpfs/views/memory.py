@@ -20,7 +20,8 @@ import threading
 from array import array
 from bisect import bisect_right
 from functools import lru_cache
-from itertools import accumulate, islice
+from itertools import accumulate, islice, repeat
+from operator import add
 
 from dumpfs.errors import MemoryUnavailable
 from dumpfs.model import ADDRESS_SPACE, EXCLUDED_RUN, MISSING_RUN, PRESENT_READERS, Dump, Memory
@@ -64,9 +65,12 @@ def _human(size: int) -> str:
     return str(size)
 
 
+RANGE_LINE = "{:016x}-{:016x} {:<8} {}\n"
+"""A line of a map: `start-end state size` (hex addresses, end exclusive)."""
+
+
 def range_line(start: int, end: int, state: str) -> str:
-    """One line of a map: `start-end state size` (hex addresses, end exclusive)."""
-    return f"{start:016x}-{end:016x} {state:<8} {_human(end - start)}\n"
+    return RANGE_LINE.format(start, end, state, _human(end - start))
 
 
 RANGE_LINE_BYTES = len(range_line(0, 0, "")) - len(_human(0))
@@ -116,9 +120,10 @@ class MapText:
             return last[1]
         runs = self._memory.runs
         low, high = block * MAP_BLOCK_RUNS, (block + 1) * MAP_BLOCK_RUNS
-        text = "".join(range_line(start, start + size, RUN_STATE_NAMES[min(number, PRESENT_READERS)])
-                       for start, size, number in zip(runs.starts[low:high], runs.sizes[low:high],
-                                                      runs.which[low:high])).encode()
+        starts, sizes = runs.starts[low:high], runs.sizes[low:high]
+        states = map(RUN_STATE_NAMES.__getitem__, map(min, runs.which[low:high], repeat(PRESENT_READERS)))
+        text = "".join(map(RANGE_LINE.format, starts, map(add, starts, sizes), states,
+                           map(_human, sizes))).encode()
         self._last = (block, text)
         return text
 
