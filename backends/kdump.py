@@ -569,11 +569,11 @@ class KdumpPages:
             dumpable = self.source.read_exact(self.bitmap2 + offset, length, "kdump 2nd bitmap")
             existing = self.source.read_exact(self.bitmap1 + offset, length, "kdump 1st bitmap")
             marks = len(present), len(excluded)
-            add_bit_runs(dumpable, 8 * offset, present)
+            add_bit_runs(dumpable, 8 * offset, present, MAX_MEMORY_RUNS - len(excluded) // 2)
             if existing != dumpable:
                 only_existing = (int.from_bytes(existing, "little")
                                  & ~int.from_bytes(dumpable, "little")).to_bytes(length, "little")
-                add_bit_runs(only_existing, 8 * offset, excluded)
+                add_bit_runs(only_existing, 8 * offset, excluded, MAX_MEMORY_RUNS - len(present) // 2)
             if (len(present) + len(excluded)) // 2 > MAX_MEMORY_RUNS:
                 del present[marks[0]:], excluded[marks[1]:]
                 self.cut_pfn = max(self.first_pfn, 8 * offset)

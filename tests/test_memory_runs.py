@@ -19,6 +19,7 @@ import pytest
 
 import fuzz
 from conftest import DUMPFS, is_mounted, run_dumpfs, unmount
+from dumpfs.backends import kdump, open_dump
 from dumpfs.errors import MemoryUnavailable
 from dumpfs.extents import SourceRange
 from dumpfs.model import Memory, MemoryChunk, PageState
@@ -116,3 +117,17 @@ def test_run_table_gives_back_the_chunks_and_reads_like_them():
     assert memory.hole_at(0x3900) is PageState.EXCLUDED and memory.hole_at(0x4000) is PageState.MISSING
     with pytest.raises(MemoryUnavailable):
         memory.read_physical(0x3000, 0x1000)
+
+
+def test_runs_past_the_bound_are_cut_with_one_problem(mutant, monkeypatch):
+    monkeypatch.setattr(kdump, "MAX_MEMORY_RUNS", 100_000)
+    monkeypatch.setattr(kdump, "BITMAP_PIECE", 16 << 10)
+    dump = open_dump(str(mutant))
+    runs = dump.memory.runs
+    assert len(runs) <= 100_001
+    cut = runs.starts[-1]
+    assert cut > 0 and runs.state(len(runs) - 1) is PageState.MISSING and runs.end == 16 << 30
+    assert [p.text for p in dump.meta.problems if "runs of pages" in p.text] == [
+        f"the kdump bitmaps hold more than 100000 runs of pages; memory from {cut:#x} on is not served"]
+    assert all(a + n <= b for a, n, b in zip(runs.starts, runs.sizes, runs.starts[1:]))
+    dump.close()
