@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from itertools import islice
 from types import ModuleType
 
 from dumpfs.compressed import open_compressed
@@ -172,15 +173,17 @@ def _name_missing_memory(dump: Dump) -> None:
     """
     if dump.meta.complete:
         return
-    ranges = dump.memory.ranges(PageState.MISSING)
-    if not ranges:
+    ranges = dump.memory.runs.ranges(PageState.MISSING)
+    shown = list(islice(ranges, MAX_MISSING_RANGES))
+    if not shown:
         return
-    total = sum(end - start for start, end in ranges)
-    shown = ", ".join(f"{start:#x}-{end:#x}" for start, end in ranges[:MAX_MISSING_RANGES])
-    more = len(ranges) - MAX_MISSING_RANGES
+    total = dump.memory.size_in(PageState.MISSING)
+    count = len(shown) + sum(1 for _ in ranges)
+    more = count - MAX_MISSING_RANGES
     dump.meta.details["missing memory"] = (
-        f"{shown}{f' and {more} more ranges (see memory/map)' if more > 0 else ''} "
-        f"({total:,} bytes in {len(ranges)} range{'s' if len(ranges) > 1 else ''})")
+        f"{', '.join(f'{start:#x}-{end:#x}' for start, end in shown)}"
+        f"{f' and {more} more ranges (see memory/map)' if more > 0 else ''} "
+        f"({total:,} bytes in {count} range{'s' if count > 1 else ''})")
 
 
 def open_sources(sources: list[Source], *, partial: bool = False) -> list[Dump]:

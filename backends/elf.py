@@ -7,6 +7,10 @@ Honours e_phoff (QEMU 7.2 writes the section headers first) and PN_XNUM
 from __future__ import annotations
 
 import struct
+from array import array
+from itertools import islice
+from operator import add, le
+from typing import NamedTuple
 
 from dumpfs import arch as arches
 from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NOTE,
@@ -14,7 +18,7 @@ from dumpfs.elf import (ET_CORE, PHDR_FORMAT, PHDR_SIZE, PN_XNUM, PT_LOAD, PT_NO
 from dumpfs.elfnote import parse_notes, sort_notes
 from dumpfs.errors import DamagedDump, NoDump, Problem, Unsupported
 from dumpfs.limits import MAX_NOTE_BYTES, MAX_PROGRAM_HEADERS
-from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState
+from dumpfs.model import Dump, DumpMeta, Memory, MemoryChunk, PageState, Runs
 from dumpfs.origin import is_origin, outside, read_origin
 from dumpfs.extents import SourceRange
 from dumpfs.source import Source
@@ -63,7 +67,7 @@ def open(source: Source) -> Dump:
                           f"end past the file size {source.size:#x}")
     table = source.read_exact(ehdr.e_phoff, table_size, "program headers")
 
-    chunks: list[MemoryChunk] = []
+    loads = Loads(array("Q"), array("Q"), array("Q"), array("Q"), array("Q"))
     note_parts: list[bytes] = []
     note_bytes = 0
     problems: list[Problem] = []
@@ -93,14 +97,8 @@ def open(source: Source) -> Dump:
                 present = max(0, min(p_filesz, source.size - p_offset))
                 problems.append(Problem(f"PT_LOAD {p_paddr:#x}-{p_paddr + p_memsz:#x}: file ends after "
                                         f"{present:#x} of {p_filesz:#x} bytes"))
-            if present:
-                chunks.append(MemoryChunk(p_paddr, present, PageState.PRESENT,
-                                          SourceRange(source.read, p_offset)))
-            if present < p_filesz:
-                # the bytes the file should hold but lost: unknown, not zero
-                chunks.append(MemoryChunk(p_paddr + present, p_filesz - present, PageState.MISSING))
-            if p_filesz < p_memsz:
-                chunks.append(MemoryChunk(p_paddr + p_filesz, p_memsz - p_filesz, PageState.ZERO))
+            for column, value in zip(loads, (p_paddr, present, p_filesz, p_memsz, p_offset)):
+                column.append(value)
 
     notes = parse_notes(b"".join(note_parts), arch.byteorder, problems)
     origins = [n for n in notes if is_origin(n)]
@@ -108,16 +106,55 @@ def open(source: Source) -> Dump:
     meta = DumpMeta(format="elf", writer=_guess_writer(ehdr, dump_notes, cpus),
                     problems=problems,
                     details={"e_phoff": ehdr.e_phoff, "program headers": phnum})
-    chunks = _merge_aliases(chunks, source.name)
-    if origins:             # written by dumpfs: what its source did not hold
-        absent = read_origin(origins[0], meta)
-        chunks += outside(absent, [(c.start, c.end) for c in chunks])
-    memory = Memory(chunks)
+    if _in_order(loads) and not origins:      # the common case: no PT_LOAD object of its own
+        memory = Memory(_runs_in_order(source, loads))
+    else:
+        chunks = _merge_aliases(_chunks(source, loads), source.name)
+        if origins:             # written by dumpfs: what its source did not hold
+            absent = read_origin(origins[0], meta)
+            chunks += outside(absent, [(c.start, c.end) for c in chunks])
+        memory = Memory(chunks)
     if vmcoreinfo is not None:
         meta.kernel_release = vmcoreinfo.get("OSRELEASE")
     page_size = vmcoreinfo.number("PAGESIZE") if vmcoreinfo else None
     return Dump(arch=arch, page_size=page_size or arch.page_size, memory=memory, cpus=cpus,
                 meta=meta, vmcoreinfo=vmcoreinfo, notes=dump_notes)
+
+
+class Loads(NamedTuple):
+    """The PT_LOADs as columns: address, bytes the file holds, p_filesz, p_memsz, p_offset."""
+    paddr: array
+    present: array
+    filesz: array
+    memsz: array
+    offset: array
+
+
+def _in_order(loads: Loads) -> bool:
+    """The PT_LOADs are sorted and do not overlap (as the kernel and QEMU without paging
+    write them)."""
+    return all(map(le, map(add, loads.paddr, loads.memsz), islice(loads.paddr, 1, None)))
+
+
+def _pieces(loads: Loads):
+    """Per PT_LOAD: its bytes in the file, those the file should hold but lost (unknown, not
+    zero), and its zero tail: (start, size, state, file offset)."""
+    for paddr, present, filesz, memsz, offset in zip(*loads):
+        yield paddr, present, PageState.PRESENT, offset
+        yield paddr + present, filesz - present, PageState.MISSING, 0
+        yield paddr + filesz, memsz - filesz, PageState.ZERO, 0
+
+
+def _runs_in_order(source: Source, loads: Loads) -> Runs:
+    runs, read = Runs(), source.read
+    for start, size, state, offset in _pieces(loads):
+        runs.add(start, size, state, read, offset)
+    return runs
+
+
+def _chunks(source: Source, loads: Loads) -> list[MemoryChunk]:
+    return [MemoryChunk(start, size, state, SourceRange(source.read, offset) if state is PageState.PRESENT
+                        else None) for start, size, state, offset in _pieces(loads) if size]
 
 
 def _merge_aliases(chunks: list[MemoryChunk], name: str) -> list[MemoryChunk]:

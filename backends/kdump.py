@@ -11,8 +11,8 @@ ranges of one "descriptor space" (the pages of descriptors 0, 1, ... back to
 back), so a read over runs split only by excluded pages is one read; pages
 stored raw are served with one pread per stretch; sequential readers of a
 compressed dump have the batches ahead decoded on every CPU
-(`dumpfs.readahead`; zlib batches of a local file in worker processes when
-the daemon runs with DUMPFS_DECODE_PROCESSES=1, `dumpfs.decodepool`).
+(`dumpfs.readahead`; zlib batches of a local file in worker processes,
+`dumpfs.decodepool`, unless DUMPFS_DECODE_PROCESSES=0).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import struct
 import sys
 import threading
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 import zlib
 from dataclasses import dataclass
-from itertools import islice
+from itertools import accumulate
+from operator import sub
 
 from construct import (Bytes, Int32sb, Int32sl, Int32ub, Int32ul, Int64sb, Int64sl, Int64ub,
                        Int64ul, Padding, Struct)
@@ -35,13 +36,13 @@ from dumpfs import arch as arches
 from dumpfs.clock import unix_time
 from dumpfs import decodepool
 from dumpfs.elfnote import parse_notes, sort_notes
-from dumpfs.extents import SourceRange, join
+from dumpfs.extents import join
 from dumpfs.inflate import decompress as fast_decompress, inflate
 from dumpfs.readahead import READ_AHEAD_BYTES, ReadAhead
 from dumpfs.errors import DamagedDump, MemoryUnavailable, Problem, Severity, Unsupported
 from dumpfs.limits import MAX_MEMORY_BYTES, MAX_MEMORY_RUNS, MAX_NOTE_BYTES, MAX_VMCOREINFO_BYTES
-from dumpfs.model import (Dump, DumpMeta, Memory, MemoryChunk, PageCache, PageState, VmcoreInfo,
-                          may_wait)
+from dumpfs.model import (EXCLUDED_RUN, MISSING_RUN, PRESENT_READERS, Dump, DumpMeta, Memory, PageCache,
+                          PageState, Runs, VmcoreInfo, may_wait)
 from dumpfs.source import FileSource, Source
 
 SIGNATURE = b"KDUMP   "
@@ -385,41 +386,76 @@ def _ones_in_byte(value: int) -> tuple[tuple[int, int], ...]:
 
 ONES_IN_BYTE = [_ones_in_byte(v) for v in range(256)]
 FULL_OR_MIXED_BYTES = re.compile(rb"\xff+|[^\x00\xff]")
+LIMIT_CHECK_BYTES = 1 << 16     # a bitmap holds at most 4 runs a byte: 256 Ki between checks
 
 
-def set_bit_runs(bitmap: bytes, first_bit: int = 0):
-    """(start, end) ranges of set bits, LSB-first; full bytes are matched in C, bits only at edges.
-
-    Adjacent ranges are not merged; see `merge_adjacent`.
-    """
+def add_bit_runs(bitmap: bytes, first_bit: int, runs: array, limit: int = MAX_MEMORY_RUNS) -> None:
+    """Append the maximal runs of set bits (LSB-first, numbered from `first_bit`) to `runs` as
+    start, end pairs, continuing its last run if that ends where this bitmap's first begins.
+    Full bytes are matched in C, bits only at edges.  Stops once `runs` holds more than
+    `limit` runs (checked every LIMIT_CHECK_BYTES)."""
+    append = runs.append
+    end = runs[-1] if runs else None
+    most, check = 2 * limit, LIMIT_CHECK_BYTES
     for match in FULL_OR_MIXED_BYTES.finditer(bitmap):
         start = match.start()
         base = first_bit + 8 * start
         if bitmap[start] == 0xFF:
-            yield base, first_bit + 8 * match.end()
+            pieces = ((0, 8 * (match.end() - start)),)
         else:
-            for low, high in ONES_IN_BYTE[bitmap[start]]:
-                yield base + low, base + high
+            pieces = ONES_IN_BYTE[bitmap[start]]
+            if start >= check:
+                if len(runs) > most:
+                    return
+                check = start + LIMIT_CHECK_BYTES
+        for low, high in pieces:
+            if base + low == end:
+                runs[-1] = end = base + high
+            else:
+                append(base + low)
+                append(base + high)
+                end = base + high
 
 
-def merge_adjacent(runs):
-    start = end = None
-    for low, high in runs:
-        if low == end:
-            end = high
-            continue
-        if start is not None:
-            yield start, end
-        start, end = low, high
-    if start is not None:
-        yield start, end
+def clip_runs(runs: array, low: int, high: int) -> None:
+    """Cut the runs (start, end pairs, sorted) to [low, high), in place."""
+    first = 0
+    while first < len(runs) and runs[first + 1] <= low:
+        first += 2
+    del runs[:first]
+    last = len(runs)
+    while last > 0 and runs[last - 2] >= high:
+        last -= 2
+    del runs[last:]
+    if runs:
+        runs[0] = max(runs[0], low)
+        runs[-1] = min(runs[-1], high)
 
 
-def _clip(runs, low: int, high: int):
-    for start, end in runs:
-        start, end = max(start, low), min(end, high)
-        if start < end:
-            yield start, end
+def _split_lost(present: array, lost: list[tuple[int, int]]) -> tuple[array, array, bytearray]:
+    """The present runs (start, end pfn pairs) cut where the file lost descriptors [first, end)
+    (`lost`, sorted): the pieces, each piece's first descriptor, and per piece 1 if lost.
+    Linear: the runs between cuts are copied as slices."""
+    descriptors = array("q", accumulate(map(sub, present[1::2], present[0::2]), initial=0))
+    runs = len(present) // 2
+    pieces, firsts = array("q"), array("q")
+    copied = copied_firsts = 0      # how much of `present` and of `descriptors` is in already
+    for cut in sorted({point for span in lost for point in span}):
+        i = bisect_right(descriptors, cut) - 1          # the run holding descriptor `cut`
+        if 0 <= i < runs and descriptors[i] < cut < descriptors[i + 1]:
+            pfn = present[2 * i] + cut - descriptors[i]
+            pieces.extend(present[copied:2 * i + 1])
+            pieces.extend((pfn, pfn))
+            firsts.extend(descriptors[copied_firsts:i + 1])
+            firsts.append(cut)
+            copied, copied_firsts = 2 * i + 1, i + 1
+    pieces.extend(present[copied:])
+    firsts.extend(descriptors[copied_firsts:runs])
+    lost_flags = bytearray(len(firsts))
+    for first, end in lost:
+        low, high = bisect_left(firsts, first), bisect_left(firsts, end)
+        lost_flags[low:high] = b"\1" * (high - low)
+    return pieces, firsts, lost_flags
 
 
 # --- pages -------------------------------------------------------------------------
@@ -459,58 +495,70 @@ class KdumpPages:
 
     # memory map
 
-    def chunks(self) -> list[MemoryChunk]:
+    def chunks(self) -> Runs:
         """Present runs (2nd bitmap), excluded runs (1st but not 2nd); pfns in neither are holes.
 
         A present page whose descriptor or data lies past the end of a cut file is MISSING,
-        so the map and `info` count exactly the pages that cannot be read."""
+        so the map and `info` count exactly the pages that cannot be read.  A run costs a
+        few bytes and well under a microsecond: hostile bitmaps of random bits give millions."""
         present, excluded = self._scan_bitmaps()
         shift = self.page_shift
-        count = sum(end - start for start, end in present)
+        count = sum(present[1::2]) - sum(present[0::2])
         lost = self._lost_descriptors(count)
-        chunks: list[MemoryChunk] = []
-        descriptor = 0
-        lost_index = 0
-        for start, end in present:
-            pfn = start
-            while pfn < end:
-                index = descriptor + pfn - start
-                while lost_index < len(lost) and lost[lost_index][1] <= index:
-                    lost_index += 1
-                if lost_index < len(lost) and lost[lost_index][0] <= index:
-                    stop = min(end, start + lost[lost_index][1] - descriptor)
-                    chunks.append(MemoryChunk(pfn << shift, (stop - pfn) << shift, PageState.MISSING))
-                else:
-                    stop = end
-                    if lost_index < len(lost):
-                        stop = min(end, start + lost[lost_index][0] - descriptor)
-                    chunks.append(MemoryChunk(pfn << shift, (stop - pfn) << shift, PageState.PRESENT,
-                                              self._reader(index)))
-                    self._run_pfns.append(pfn)
-                    self._run_descriptors.append(index)
-                pfn = stop
-            descriptor += end - start
-        for start, end in excluded:
-            chunks.append(MemoryChunk(start << shift, (end - start) << shift, PageState.EXCLUDED))
+        present, descriptors, lost_flags = _split_lost(present, lost)
+        starts, sizes, which, wheres = array("Q"), array("Q"), array("I"), array("Q")
+        add_start, add_size, add_which, add_where = starts.append, sizes.append, which.append, wheres.append
+
+        def add_hole(first: int, end: int, number: int) -> None:
+            add_start(first << shift)
+            add_size((end - first) << shift)
+            add_which(number)
+            add_where(first << shift)
+
+        run_pfns, run_descriptors = self._run_pfns, self._run_descriptors
+        e, excluded_end = 0, len(excluded)
+        for k, pfn in enumerate(present[0::2]):       # in address order, the excluded runs between
+            while e < excluded_end and excluded[e] < pfn:
+                add_start(excluded[e] << shift)             # add_hole, inline: this is the hot loop
+                add_size((excluded[e + 1] - excluded[e]) << shift)
+                add_which(EXCLUDED_RUN)
+                add_where(excluded[e] << shift)
+                e += 2
+            add_start(pfn << shift)
+            add_size((present[2 * k + 1] - pfn) << shift)
+            if lost_flags[k]:
+                add_which(MISSING_RUN)
+                add_where(pfn << shift)
+            else:
+                add_which(PRESENT_READERS)
+                add_where(descriptors[k] << shift)
+                run_pfns.append(pfn)
+                run_descriptors.append(descriptors[k])
+        for e in range(e, excluded_end, 2):
+            add_hole(excluded[e], excluded[e + 1], EXCLUDED_RUN)
         if self.cut_pfn is not None:
-            chunks.append(MemoryChunk(self.cut_pfn << shift, (self.end_pfn - self.cut_pfn) << shift,
-                                      PageState.MISSING))
-        self.meta.details["dumpable_pages"] = count
+            add_hole(self.cut_pfn, self.end_pfn, MISSING_RUN)
         lost_pages = sum(end - start for start, end in lost)
+        missing_pages = lost_pages + (0 if self.cut_pfn is None else self.end_pfn - self.cut_pfn)
+        excluded_pages = sum(excluded[1::2]) - sum(excluded[0::2])
+        totals = {PageState.PRESENT: (count - lost_pages) << shift, PageState.ZERO: 0,
+                  PageState.EXCLUDED: excluded_pages << shift, PageState.MISSING: missing_pages << shift}
+        runs = Runs.from_columns(starts, sizes, which, wheres, [self.read], totals)
+        self.meta.details["dumpable_pages"] = count
         if lost_pages:
             self._problem(f"truncated: the file ends at {self.source.size:#x}; the descriptors or "
                           f"data of {lost_pages} pages lie past it: those pages are missing")
-        self.dumpable = descriptor
-        if self.meta.compression not in (None, "none") and descriptor:
+        self.dumpable = count
+        if self.meta.compression not in (None, "none") and count:
             window = max(2, READ_AHEAD_BYTES // (PAGES_PER_BATCH * self.block_size))
             self.batches = PageCache(2 * window)
             self.read_ahead = ReadAhead(self._fetch, PAGES_PER_BATCH, window,
-                                        -(-descriptor // PAGES_PER_BATCH), "kdump",
+                                        -(-count // PAGES_PER_BATCH), "kdump",
                                         trigger=STREAM_TRIGGER)
             source = self.source
             if decodepool.ENABLED and type(source) is FileSource and not source.is_block_device:
                 self.pool = decodepool.DecodePool(source.fd, self.block_size, PAGES_PER_BATCH)
-        return chunks
+        return runs
 
     def close(self) -> None:
         """Stop the read-ahead threads and the decoding processes; closing the dump does."""
@@ -519,9 +567,10 @@ class KdumpPages:
         if self.pool is not None:
             self.pool.close()
 
-    def _scan_bitmaps(self):
-        """Runs of present and of excluded pfns, read in pieces so huge bitmaps never sit in memory."""
-        present, excluded = [], []
+    def _scan_bitmaps(self) -> tuple[array, array]:
+        """Runs of present and of excluded pfns, each as start, end, start, end, ... in an array
+        (16 bytes a run); read in pieces so huge bitmaps never sit in memory."""
+        present, excluded = array("q"), array("q")
         first_byte = self.first_pfn // 8
         end_byte = (self.end_pfn + 7) // 8
         for offset in range(first_byte, end_byte, BITMAP_PIECE):
@@ -529,20 +578,21 @@ class KdumpPages:
             dumpable = self.source.read_exact(self.bitmap2 + offset, length, "kdump 2nd bitmap")
             existing = self.source.read_exact(self.bitmap1 + offset, length, "kdump 1st bitmap")
             marks = len(present), len(excluded)
-            budget = MAX_MEMORY_RUNS - sum(marks) + 1
-            present.extend(islice(set_bit_runs(dumpable, 8 * offset), budget))
+            add_bit_runs(dumpable, 8 * offset, present, MAX_MEMORY_RUNS - len(excluded) // 2)
             if existing != dumpable:
                 only_existing = (int.from_bytes(existing, "little")
                                  & ~int.from_bytes(dumpable, "little")).to_bytes(length, "little")
-                excluded.extend(islice(set_bit_runs(only_existing, 8 * offset), budget))
-            if len(present) + len(excluded) > MAX_MEMORY_RUNS:
+                add_bit_runs(only_existing, 8 * offset, excluded, MAX_MEMORY_RUNS - len(present) // 2)
+            if (len(present) + len(excluded)) // 2 > MAX_MEMORY_RUNS:
                 del present[marks[0]:], excluded[marks[1]:]
                 self.cut_pfn = max(self.first_pfn, 8 * offset)
                 self._problem(f"the kdump bitmaps hold more than {MAX_MEMORY_RUNS} runs of pages; "
                               f"memory from {self.cut_pfn << self.page_shift:#x} on is not served")
                 break
-        bounds = (self.first_pfn, self.end_pfn if self.cut_pfn is None else self.cut_pfn)
-        return list(_clip(merge_adjacent(present), *bounds)), list(_clip(merge_adjacent(excluded), *bounds))
+        high = self.end_pfn if self.cut_pfn is None else self.cut_pfn
+        clip_runs(present, self.first_pfn, high)
+        clip_runs(excluded, self.first_pfn, high)
+        return present, excluded
 
     def _lost_descriptors(self, count: int) -> list[tuple[int, int]]:
         """Runs [first, end) of descriptor indices whose page the file cannot deliver: the
@@ -579,11 +629,6 @@ class KdumpPages:
         self.meta.add_problem(text)
 
     # reading
-
-    def _reader(self, run_descriptor: int) -> SourceRange:
-        """A present run's bytes are a range of the descriptor space: runs that follow each
-        other there (split only by excluded pages) are read as one (`extents.coalesce`)."""
-        return SourceRange(self.read, run_descriptor << self.page_shift)
 
     def _address(self, descriptor: int) -> int:
         """The physical address of the page with this descriptor (for error messages)."""

@@ -109,6 +109,25 @@ def time_dumpfs(dump: Path, vmlinux: Path | None, pid: int, start: int, size: in
             "heap_bytes": len(data)}
 
 
+def daemon_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def list_every_comm(mnt: str, pid: int) -> dict:
+    """`ls proc/` then every process's `comm`: wall seconds, and the server's CPU seconds
+    (steadier than wall time on a loaded machine)."""
+    cpu0, t0 = daemon_cpu(pid), time.perf_counter()
+    pids = os.listdir(Path(mnt) / "proc")
+    t1, cpu1 = time.perf_counter(), daemon_cpu(pid)
+    for p in pids:
+        (Path(mnt) / "proc" / p / "comm").read_bytes()
+    t2, cpu2 = time.perf_counter(), daemon_cpu(pid)
+    return {"ls": t1 - t0, "list": t2 - t0, "tasks": len(pids), "ls_cpu": cpu1 - cpu0,
+            "comm_cpu": cpu2 - cpu1, "load": os.getloadavg()[0]}
+
+
 def time_listing(dump: Path) -> dict:
     """A fresh mount: `ls proc/` then every process's `comm`."""
     with tempfile.TemporaryDirectory() as mnt:
@@ -116,15 +135,27 @@ def time_listing(dump: Path) -> dict:
         if done.returncode:
             raise RuntimeError(done.stderr)
         try:
-            t0 = time.perf_counter()
-            pids = os.listdir(Path(mnt) / "proc")
-            t1 = time.perf_counter()
-            for p in pids:
-                (Path(mnt) / "proc" / p / "comm").read_bytes()
-            t2 = time.perf_counter()
+            found = subprocess.run(["pgrep", "-f", f"dumpfs mount .*{mnt}$"], capture_output=True,
+                                   text=True).stdout.split()
+            return list_every_comm(mnt, int(found[0]))
         finally:
             dumpfs("umount", mnt)
-    return {"ls": t1 - t0, "list": t2 - t0, "tasks": len(pids)}
+
+
+def time_noop_listing(count: int) -> dict:
+    """The floor: the same listing on bench/noop_fs.py --proc (FUSE and pyfuse3 alone)."""
+    with tempfile.TemporaryDirectory() as mnt:
+        server = subprocess.Popen([sys.executable, str(HERE / "noop_fs.py"), "--proc", str(count), mnt])
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("noop_fs --proc did not mount")
+                time.sleep(0.02)
+            return list_every_comm(mnt, server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -137,8 +168,12 @@ def scale_case() -> dict:
     folder, name, vmlinux = SCALE
     dump = fc.unpacked(folder, name)
     runs = [time_listing(dump) for _ in range(RUNS)]
+    floor = [time_noop_listing(runs[0]["tasks"]) for _ in range(RUNS)]
     row = {"dump": f"{folder}/{name}", "runs": runs, "ls": median(runs, "ls"),
-           "list": median(runs, "list"), "tasks": runs[0]["tasks"]}
+           "list": median(runs, "list"), "tasks": runs[0]["tasks"], "floor_runs": floor,
+           "floor": median(floor, "list"), "ls_cpu": median(runs, "ls_cpu"),
+           "comm_cpu": median(runs, "comm_cpu"), "floor_cpu": median(floor, "comm_cpu"),
+           "load": median(runs, "load")}
     if vmlinux.exists():
         done = subprocess.run([DRGN_PYTHON, "-c", DRGN_WALK, str(dump), str(vmlinux), str(RUNS)],
                               capture_output=True, text=True, timeout=1200)
@@ -152,8 +187,11 @@ def scale_case() -> dict:
 def scale_lines(row: dict) -> list[str]:
     drgn = row["drgn"]
     lines = ["", f"Scale: {row['dump']} ({row['tasks']} processes), fresh mount, median of "
-             f"{RUNS}: `ls proc` {row['ls']:.3f} s, `ls proc` + every `comm` {row['list']:.3f} s "
-             "(target < 2 s)."]
+             f"{RUNS}, load {row['load']:.1f}: `ls proc` {row['ls']:.3f} s, `ls proc` + every "
+             f"`comm` {row['list']:.3f} s (target < 2 s).  The floor, the same on "
+             f"`noop_fs.py --proc` (FUSE and pyfuse3 alone): {row['floor']:.3f} s "
+             f"({row['list'] / row['floor']:.1f}x).  Server CPU: `ls` {row['ls_cpu']:.2f} s, "
+             f"the comms {row['comm_cpu']:.2f} s (no-op server {row['floor_cpu']:.2f} s)."]
     if "error" in drgn:
         lines.append(f"drgn: {drgn['error']}")
     else:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import urllib.parse
 
+from dumpfs.cmdline import redact_own_command_line
 from dumpfs.errors import BadFile, DumpError, DumpfsError, MemoryUnavailable, Unavailable
 from dumpfs.url import is_url, redact
 
@@ -280,7 +281,7 @@ def _dump_dir_root(path: str, args, own: dict):
         if len(dumps) != 1:
             for dump in dumps:
                 dump.close()
-            raise Unsupported(f"{found.location}: holds {len(dumps)} dumps, not one")
+            raise Unsupported(f"{_shown(found.location)}: holds {len(dumps)} dumps, not one")
         try:
             return dumps[0], build_tree(dumps[0], _fitting_context(dumps[0], args),
                                         zero_holes=bool(own.get("zero_excluded")))
@@ -490,6 +491,9 @@ def cmd_umount(args) -> int:
 
 def cmd_info(args) -> int:
     from dumpfs.views.info import info_json, info_text
+    directory = _dump_directory(args)
+    if directory is not None:
+        return _info_of_directory(directory, args)
     dumps = _open_all(args.sources, args.partial)
     try:
         contexts = _kernel_contexts(dumps, args)
@@ -505,6 +509,43 @@ def cmd_info(args) -> int:
     finally:
         for dump in dumps:
             dump.close()
+    return OK
+
+
+def _info_of_directory(path: str, args) -> int:
+    """What mounting the directory would show: per dump found, its folder's name and `info`
+    (format, container, ...) or its one-line error.  Exit 1 if no dump is found or one
+    of them cannot be shown."""
+    root = _dump_dir_root(path, args, {})
+    folders = list(root.children.values())
+    blocks, failed = [], []
+    try:
+        for folder in folders:
+            info = folder.children.get("info.json" if args.json else "info")
+            text = info.read(0, info.size).decode(errors="replace") if info else ""
+            if folder.error is not None:
+                failed.append(folder.name)
+            if args.json:
+                blocks.append({"name": folder.name, "entry": folder.found.entry,
+                               **({"error": folder.error} if folder.error is not None
+                                  else {"info": json.loads(text)})})
+            else:
+                blocks.append(f"== {folder.name} ==\n" + (f"error..............: {folder.error}\n"
+                                                          if folder.error is not None else text))
+        if args.json:
+            sys.stdout.write(json.dumps(blocks, indent=2, default=str) + "\n")
+        else:
+            sys.stdout.write("\n".join(block if block.endswith("\n") else block + "\n"
+                                       for block in blocks))
+        sys.stdout.flush()
+    finally:
+        for folder in folders:
+            folder.close()
+    if not folders:
+        raise Failure(f"{path}: no dump found in this directory")
+    if failed:
+        raise Failure(f"{path}: {len(failed)} of {len(folders)} dumps cannot be shown: "
+                      f"{', '.join(failed)}")
     return OK
 
 
@@ -693,10 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_umount)
 
     p = command("info", help="describe a dump (format, kernel, CPUs, memory, damage)",
-                description="Print what the mounted `info` file would show.",
-                epilog=_examples("dumpfs info vmcore", "dumpfs info --json vmcore"))
+                description="Print what the mounted `info` file would show; for a directory "
+                            "of dumps, what each of its folders' `info` would show (exit 1 "
+                            "if there is none, or one cannot be opened).",
+                epilog=_examples("dumpfs info vmcore", "dumpfs info --json vmcore",
+                                 "dumpfs info /var/crash"))
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="a dump; several volumes of one multi-volume DASD dump are one dump")
+                   help="a dump; several volumes of one multi-volume DASD dump are one dump; "
+                        "or one directory of dumps")
     p.add_argument("--json", action="store_true", help="machine-readable, as info.json")
     p.add_argument("--partial", action="store_true",
                    help="describe a multi-volume dump even with volumes missing")
@@ -736,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        redact_own_command_line()   # a mount daemon lives long; ps shows it to every user
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

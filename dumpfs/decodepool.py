@@ -14,12 +14,14 @@ daemon's death gives them.  Anything odd - a worker that fails to start, dies
 or answers FAILED - makes `decode` return None: the caller decodes the batch
 itself, and reports its errors exactly as without the pool.
 
-Opt-in: DUMPFS_DECODE_PROCESSES=1 in the daemon's environment.  Measured on
-the shared 2-CPU machine (issue 10), the pool beat the threads only when a
-second CPU was free (in-process 449-495 against 330-359 MB/s); with the other
-CPU busy it lost 5-15% in-process and tied through the mount, as every
-process decodes at the same CPU cost per byte as a thread.  It is the way to
-use more cores than the GIL lets threads use, once a machine has them free.
+On by default where there is more than one CPU; DUMPFS_DECODE_PROCESSES=0 in
+the daemon's environment turns it off (=1 forces it on).  Measured on a
+2-CPU machine (issue 10, bench/RESULTS.md): in-process 449-495 against
+330-359 MB/s for the threads when the second CPU was free, 5-15% ahead
+through the mount at load 1-2, level within noise when another job held a
+CPU (every process decodes at the same CPU cost per byte as a thread).
+Threads stop gaining at ~1.4x one thread however many CPUs there are;
+processes keep gaining with each free CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from dumpfs import decodeworker
 log = logging.getLogger(__name__)
 
 WORKER = Path(decodeworker.__file__)
-ENABLED = os.environ.get("DUMPFS_DECODE_PROCESSES") == "1"
+ENABLED = os.environ.get("DUMPFS_DECODE_PROCESSES", "1" if (os.cpu_count() or 1) > 1 else "0") == "1"
 
 
 class Worker:

@@ -45,6 +45,7 @@ from dumpfs.errors import DumpfsError
 from dumpfs.model import Dump
 from dumpfs.source import BytesSource, FileSource, Source
 from dumpfs.tree import Access, Dir, File, Node, unique_names
+from dumpfs.url import is_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ class DumpFolder(Dir):
         self.directory = directory
         self._show = show
         self._dump: Dump | None = None
+        self.error: str | None = None
+        """Why the dump cannot be shown (its `info` says the same), once the folder is listed."""
         self._closed = False
         self._state = threading.Lock()
 
@@ -236,11 +239,12 @@ class DumpFolder(Dir):
                 raise DumpfsError(found.error)
             dump, tree = self._show(found)
         except (DumpfsError, OSError) as exc:
-            nodes.append(File.from_bytes("info", f"{_one_line(exc)}\n".encode()))
+            self.error = _one_line(exc)
+            nodes.append(File.from_bytes("info", f"{self.error}\n".encode()))
         except Exception as exc:     # noqa: BLE001 - one dump's bug must not hide the folder
-            log.debug("%s: cannot be shown", found.location, exc_info=True)
-            nodes.append(File.from_bytes(
-                "info", f"internal error: {type(exc).__name__}: {exc}\n".encode()))
+            log.debug("%s: cannot be shown", _shown(found.location), exc_info=True)
+            self.error = f"internal error: {type(exc).__name__}: {exc}"
+            nodes.append(File.from_bytes("info", f"{self.error}\n".encode()))
         else:
             with self._state:
                 if self._closed:
@@ -250,7 +254,7 @@ class DumpFolder(Dir):
             details = dump.meta.details
             here = f"{found.entry} in the dump directory {self.directory}"
             if found.location not in found.paths[:1]:
-                here += f", naming {found.location}"
+                here += f", naming {_shown(found.location)}"
             details["container"] = "; ".join(filter(None, (here, details.get("container"))))
             nodes += tree.children.values()
         if found.dmesg:
@@ -264,6 +268,11 @@ class DumpFolder(Dir):
             dump, self._dump = self._dump, None
         if dump is not None:
             dump.close()
+
+
+def _shown(location: str) -> str:
+    """A manifest's location as it may be shown: a URL without its query (a signature)."""
+    return redact(location) if is_url(location) else location
 
 
 def _one_line(exc: BaseException) -> str:

@@ -58,19 +58,28 @@ def core_headers_size(phnum: int) -> int:
     return EHDR_SIZE + PHDR_SIZE * phnum + (SHDR_SIZE if phnum >= PN_XNUM else 0)
 
 
-def core_headers(byteorder: str, machine: int, phdrs: list[bytes]) -> bytes:
-    """An ET_CORE ELF header followed by `phdrs`; from PN_XNUM program headers on, the real
-    count lives in section header 0's sh_info (written right after them)."""
-    prefix = "<" if byteorder == "little" else ">"
-    phnum = len(phdrs)
+def core_header(byteorder: str, machine: int, phnum: int) -> bytes:
+    """The ET_CORE ELF header of a core with `phnum` program headers right after it; from
+    PN_XNUM program headers on, the real count lives in section header 0's sh_info."""
     xnum = phnum >= PN_XNUM
-    ehdr = Elf64Header[byteorder].build(dict(
+    return Elf64Header[byteorder].build(dict(
         e_ident=b"\x7fELF" + bytes([2, 1 if byteorder == "little" else 2, 1]) + bytes(9),
         e_type=ET_CORE, e_machine=machine, e_version=1, e_entry=0,
         e_phoff=EHDR_SIZE, e_shoff=EHDR_SIZE + PHDR_SIZE * phnum if xnum else 0, e_flags=0,
         e_ehsize=EHDR_SIZE, e_phentsize=PHDR_SIZE, e_phnum=PN_XNUM if xnum else phnum,
         e_shentsize=SHDR_SIZE if xnum else 0, e_shnum=1 if xnum else 0, e_shstrndx=0))
-    header = ehdr + b"".join(phdrs)
-    if xnum:
-        header += struct.pack(prefix + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
-    return header
+
+
+def section_header_0(byteorder: str, phnum: int) -> bytes:
+    """What follows the program headers: section header 0 holding their count past PN_XNUM - 1,
+    else nothing."""
+    if phnum < PN_XNUM:
+        return b""
+    return struct.pack(("<" if byteorder == "little" else ">") + SHDR_FORMAT, 0, 0, 0, 0, 0, 0, 0,
+                       phnum, 0, 0)
+
+
+def core_headers(byteorder: str, machine: int, phdrs: list[bytes]) -> bytes:
+    """An ET_CORE ELF header followed by `phdrs` (and section header 0 when needed)."""
+    phnum = len(phdrs)
+    return core_header(byteorder, machine, phnum) + b"".join(phdrs) + section_header_0(byteorder, phnum)

@@ -15,7 +15,9 @@ A fill says where an extent's bytes come from:
 
 A fill's reader returns exactly the bytes asked for; a short answer ends the
 read there (the source ended).  The bytes between extents are the file's gap
-fill: zeros, or `Unreadable` ("not in the dump").
+fill: zeros, or `Unreadable` ("not in the dump").  Millions of extents are
+given as columns (`ExtentFile.columns`): a few bytes each, over a few
+numbered readers.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Extent(NamedTuple):
         return self.offset + self.length
 
 
-def _zeros(offset: int, length: int) -> bytes:
+def zeros(offset: int, length: int) -> bytes:
+    """The reader of a zero fill."""
     return bytes(length)
 
 
@@ -84,7 +87,7 @@ def _literal(data: bytes) -> Reader:
 def _reader(offset: int, fill: Fill) -> tuple[int, Reader]:
     """(where, read): the extent's byte at `offset + i` is read(where + i, 1)."""
     if fill is None:
-        return 0, _zeros
+        return 0, zeros
     if isinstance(fill, (bytes, bytearray, memoryview)):
         return 0, _literal(bytes(fill))
     if isinstance(fill, SourceRange):
@@ -92,6 +95,32 @@ def _reader(offset: int, fill: Fill) -> tuple[int, Reader]:
     if isinstance(fill, Unreadable):
         return offset, fill          # raises with the offset in the file
     return 0, fill
+
+
+class Readers(list):
+    """Distinct readers, each numbered once: an extent keeps its reader's number (a few bytes
+    in a column), not a reader object of its own."""
+
+    def __init__(self, readers: Sequence[Reader] = ()):
+        super().__init__()
+        self._numbers: dict = {}
+        for read in readers:
+            self.number(read)
+
+    def number(self, read: Reader) -> int:
+        """`read`'s number, given on its first appearance (equal bound methods are one reader)."""
+        try:
+            number = self._numbers.get(read)
+        except TypeError:               # unhashable: numbered anew each time
+            number = None
+        if number is None:
+            number = len(self)
+            self.append(read)
+            try:
+                self._numbers[read] = number
+            except TypeError:
+                pass
+        return number
 
 
 def join(parts: Sequence) -> bytes | memoryview:
@@ -116,13 +145,13 @@ class ExtentFile:
         """`read_across`: source ranges of one reader that continue each other in the file and
         lie at most this many bytes apart in the source are fetched with one read."""
         extents = sorted((e for e in extents if e[1] > 0), key=lambda e: e[0])
-        wheres, reads = [], []
+        wheres, which, readers = [], [], Readers()
         for offset, _, fill in extents:
             where, read = _reader(offset, fill)
             wheres.append(where)
-            reads.append(read)
+            which.append(readers.number(read))
         end = extents[-1][0] + extents[-1][1] if extents else 0
-        self._set([e[0] for e in extents], [e[1] for e in extents], wheres, reads,
+        self._set([e[0] for e in extents], [e[1] for e in extents], wheres, which, readers,
                   end if size is None else size, gap, read_across)
 
     @classmethod
@@ -130,17 +159,27 @@ class ExtentFile:
                 wheres: Sequence[int], size: int, read_across: int = 0) -> ExtentFile:
         """Extent i is read(wheres[i] + offset, length): one source in pieces, given as arrays
         (sorted, non-overlapping, none empty) so that millions of them stay compact."""
+        return cls.columns(starts, lengths, wheres, bytes(len(starts)), [read], size,
+                           read_across=read_across)
+
+    @classmethod
+    def columns(cls, starts: Sequence[int], lengths: Sequence[int], wheres: Sequence[int],
+                which: Sequence[int], readers: Sequence[Reader], size: int,
+                gap: None | Unreadable = None, read_across: int = 0) -> ExtentFile:
+        """Extent i is readers[which[i]](wheres[i] + offset, length): extents as columns (sorted,
+        non-overlapping, none empty) over a few readers, a few bytes per extent."""
         self = cls.__new__(cls)
-        self._set(starts, lengths, wheres, [read] * len(starts), size, None, read_across)
+        self._set(starts, lengths, wheres, which, readers, size, gap, read_across)
         return self
 
-    def _set(self, starts, lengths, wheres, reads, size, gap, read_across) -> None:
+    def _set(self, starts, lengths, wheres, which, readers, size, gap, read_across) -> None:
         self.starts: Sequence[int] = starts
         self.lengths: Sequence[int] = lengths
         self._wheres: Sequence[int] = wheres
-        self._reads: Sequence[Reader] = reads
+        self._which: Sequence[int] = which
+        self._readers: Sequence[Reader] = readers
         self.size = size
-        self._gap = _zeros if gap is None else gap
+        self._gap = zeros if gap is None else gap
         self._read_across = read_across
 
     def extent_index(self, offset: int) -> int | None:
@@ -162,7 +201,7 @@ class ExtentFile:
         if i >= 0:
             start = starts[i]
             if end - start <= self.lengths[i]:            # within one extent: the common case
-                return self._reads[i](self._wheres[i] + offset - start, end - offset)
+                return self._readers[self._which[i]](self._wheres[i] + offset - start, end - offset)
             if offset >= start + self.lengths[i]:
                 i += 1
         else:
@@ -171,7 +210,8 @@ class ExtentFile:
 
     def _read_pieces(self, i: int, position: int, end: int) -> bytes:
         """From extent `i` on, which holds `position` or starts after it."""
-        starts, lengths, wheres, reads = self.starts, self.lengths, self._wheres, self._reads
+        starts, lengths, wheres, which, readers = \
+            self.starts, self.lengths, self._wheres, self._which, self._readers
         count = len(starts)
         parts: list[bytes] = []
         while position < end:
@@ -188,12 +228,12 @@ class ExtentFile:
             stop = min(end, starts[last] + lengths[last])
             at = wheres[i] + position - start
             if last == i:
-                data = reads[i](at, stop - position)
+                data = readers[which[i]](at, stop - position)
                 parts.append(data)
                 if len(data) < stop - position:
                     break
             else:
-                blob = memoryview(reads[i](at, wheres[last] + stop - starts[last] - at))
+                blob = memoryview(readers[which[i]](at, wheres[last] + stop - starts[last] - at))
                 for j in range(i, last + 1):
                     low = max(position, starts[j]) - starts[j] + wheres[j] - at
                     high = min(stop, starts[j] + lengths[j]) - starts[j] + wheres[j] - at
@@ -206,30 +246,14 @@ class ExtentFile:
 
     def _joinable(self, i: int, end: int) -> int:
         """The last extent from `i` on that one read of the source can fetch together with `i`."""
-        starts, lengths, wheres, reads = self.starts, self.lengths, self._wheres, self._reads
+        starts, lengths, wheres, which = self.starts, self.lengths, self._wheres, self._which
         last = i
         while last + 1 < len(starts) and starts[last + 1] < end \
                 and starts[last + 1] == starts[last] + lengths[last] \
-                and reads[last + 1] == reads[i] \
+                and which[last + 1] == which[i] \
                 and 0 <= wheres[last + 1] - (wheres[last] + lengths[last]) <= self._read_across:
             last += 1
         return last
-
-
-def coalesce(extents: Sequence[tuple[int, int, Fill]]) -> list[tuple[int, int, Fill]]:
-    """Sorted extents with each run of source ranges that continue each other both in the
-    file and in one source merged into one extent: a QEMU paging=true dump has a PT_LOAD
-    per page, which would otherwise cost a read per page of every request."""
-    merged: list[tuple[int, int, Fill]] = []
-    for offset, length, fill in extents:
-        if merged and isinstance(fill, SourceRange):
-            last_offset, last_length, last_fill = merged[-1]
-            if isinstance(last_fill, SourceRange) and last_offset + last_length == offset \
-                    and last_fill.read == fill.read and last_fill.start + last_length == fill.start:
-                merged[-1] = (last_offset, last_length + length, last_fill)
-                continue
-        merged.append((offset, length, fill))
-    return merged
 
 
 def cut(extent: Extent, low: int, high: int) -> Extent:

@@ -31,10 +31,11 @@ MAX_VMCOREINFO_BYTES = 1 * MIB
 # 4 Mi headers are a 224 MiB table.
 MAX_PROGRAM_HEADERS = 4 << 20
 
-# Runs of pages a kdump's bitmaps describe (present, excluded), each one memory-map chunk of
-# about 0.7 KiB.  makedumpfile -d 31 gives one or two runs per MiB (the fixtures: 250-600 runs
-# for 256-512 MiB); 8 Mi runs is 8 TiB at one run per MiB.  A bitmap of random bits makes four
-# runs per byte: without the bound a 2 MiB file took 1.1 GB and a minute.
+# Runs of pages a kdump's bitmaps describe (present, excluded), each a row of the memory run
+# table (`dumpfs.model.Runs`: about 45 bytes and 1.5 µs with the scan).  makedumpfile -d 31
+# gives one or two runs per MiB (the fixtures: 250-600 runs for 256-512 MiB); 8 Mi runs is
+# 8 TiB at one run per MiB.  A bitmap of random bits makes up to four runs per byte: a 2 MiB
+# file holds 1.8 million.
 MAX_MEMORY_RUNS = 8 << 20
 
 # Physical memory a dump may describe: 2^52 bytes (4 PiB), the architectural limit of x86_64

@@ -1,23 +1,24 @@
 """The one model every backend produces and every view consumes.
 
-A `Dump` is architecture, physical memory (sorted `MemoryChunk`s that read
-themselves), CPUs with decoded registers and raw notes, VMCOREINFO and
+A `Dump` is architecture, physical memory (a table of sorted runs, each read
+by one of a few readers), CPUs with decoded registers and raw notes, VMCOREINFO and
 metadata.  Nothing here knows which file format the dump came from.
 """
 
 from __future__ import annotations
 
 import enum
-from bisect import bisect_right
 import threading
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress, islice
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from dumpfs.errors import DumpError
-from dumpfs.errors import Problem, Severity
-from dumpfs.extents import ExtentFile, Unreadable, coalesce
+from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity
+from dumpfs.extents import ExtentFile, Readers, SourceRange, Unreadable, zeros
 from dumpfs.waiting import may_wait
 
 if TYPE_CHECKING:
@@ -41,11 +42,10 @@ _UNREADABLE = {
 NOT_IN_DUMP = Unreadable("not in the dump")
 HOLES = (PageState.EXCLUDED, PageState.MISSING)
 """States of the pages a dump cannot deliver: the holes of the files that show memory."""
-GAP_STEP = 4096     # read_zero_filled's step through addresses in no chunk (the smallest page)
 ADDRESS_SPACE = 1 << 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemoryChunk:
     """A contiguous physical range in one state; PRESENT chunks carry their reader."""
 
@@ -95,35 +95,202 @@ class PageCache:
             self._pages.clear()
 
 
-class Memory:
-    """Physical memory: sorted, non-overlapping chunks; gaps between them are holes.
+ZERO_RUN, EXCLUDED_RUN, MISSING_RUN = 0, 1, 2
+PRESENT_READERS = 3
+"""A run's reader number: ZERO_RUN, EXCLUDED_RUN, MISSING_RUN, or from PRESENT_READERS on, the
+reader of a PRESENT run."""
+_STATE_OF = (PageState.ZERO, PageState.EXCLUDED, PageState.MISSING)
+_HOLE_NUMBERS = (EXCLUDED_RUN, MISSING_RUN)
 
-    The chunks are the extents of an `ExtentFile` over the whole address space,
-    whose holes are "not in the dump".  The chunk list may be computed on first
-    use (`Memory(factory)`), so that opening a dump never walks its whole page
-    table or bitmap.
+
+class Runs:
+    """Physical memory as runs in address order, kept as columns: a few bytes per run.
+
+    A damaged kdump's bitmaps describe millions of runs of pages; a Python
+    object per run, each with a reader of its own, cost 0.7 KiB and 30 µs a
+    run.  Run i is `starts[i]`, `sizes[i]` bytes, read by reader number
+    `which[i]` from offset `wheres[i]` on (a hole's reader raises with the
+    address, so its `where` is its start).  A present run's reader is derived
+    from its number on demand.  As a sequence, the runs are `MemoryChunk`s
+    made when asked for.
     """
 
-    def __init__(self, chunks: Iterable[MemoryChunk] | Callable[[], Iterable[MemoryChunk]]):
-        self._factory = chunks if callable(chunks) else None
-        self._chunks: list[MemoryChunk] = []
-        self._starts: list[int] = []
+    def __init__(self):
+        self.starts = array("Q")
+        self.sizes = array("Q")
+        self.which = array("I")
+        self.wheres = array("Q")
+        self.readers = Readers([zeros, _UNREADABLE[PageState.EXCLUDED],
+                                _UNREADABLE[PageState.MISSING]])
+        self._totals: dict[PageState, int] | None = None
+        self.end = 0                    # one past the last run
+
+    @classmethod
+    def from_columns(cls, starts: array, sizes: array, which: array, wheres: array,
+                     readers: Iterable[ChunkReader], totals: dict[PageState, int] | None = None) -> Runs:
+        """Runs given as columns, for a backend that finds millions of them: sorted, not
+        overlapping, none empty (the caller's promise, not checked run by run); `which`
+        numbers `readers` from PRESENT_READERS on; a hole's `where` is its start.
+        `totals`: the bytes in each state, if the backend knows them (else counted when asked)."""
+        runs = cls()
+        runs._totals = totals
+        for read in readers:
+            runs.readers.append(read)
+        runs.starts, runs.sizes, runs.which, runs.wheres = starts, sizes, which, wheres
+        runs.end = starts[-1] + sizes[-1] if starts else 0
+        if not len(starts) == len(sizes) == len(which) == len(wheres) \
+                or (which and max(which) >= len(runs.readers)):
+            raise DumpError("memory runs: columns of different lengths or unknown readers")
+        return runs
+
+    @property
+    def totals(self) -> dict[PageState, int]:
+        """Bytes in each state."""
+        if self._totals is None:
+            sizes, which = self.sizes, self.which
+            totals = {state: sum(compress(sizes, map(number.__eq__, which)))
+                      for number, state in enumerate(_STATE_OF)}
+            totals[PageState.PRESENT] = sum(sizes) - sum(totals.values())
+            self._totals = totals
+        return self._totals
+
+    def add(self, start: int, size: int, state: PageState, read: ChunkReader | None = None,
+            where: int = 0) -> None:
+        """Append a run; runs come in address order and never overlap.  A PRESENT run is
+        read(where + offset in the run, length) (a SourceRange is taken apart)."""
+        if size <= 0:
+            return
+        if start < self.end:
+            last = len(self.starts) - 1
+            raise DumpError(f"memory ranges overlap: {self.starts[last]:#x}-{self.end:#x} and "
+                            f"{start:#x}-{start + size:#x}")
+        if state is PageState.PRESENT:
+            if read is None:
+                raise DumpError(f"present memory at {start:#x} has no reader")
+            if isinstance(read, SourceRange):
+                read, where = read.read, read.start + where
+            number = self.readers.number(read)
+        else:
+            number = _STATE_OF.index(state)
+            where = start if number in _HOLE_NUMBERS else 0
+        self.starts.append(start)
+        self.sizes.append(size)
+        self.which.append(number)
+        self.wheres.append(where)
+        self._totals = None
+        self.end = start + size
+
+    @classmethod
+    def of(cls, chunks: Iterable[MemoryChunk]) -> Runs:
+        runs = cls()
+        for chunk in sorted(chunks, key=lambda c: c.start):
+            runs.add(chunk.start, chunk.size, chunk.state, chunk.read)
+        return runs
+
+    def state(self, i: int) -> PageState:
+        number = self.which[i]
+        return _STATE_OF[number] if number < PRESENT_READERS else PageState.PRESENT
+
+    def index_at(self, address: int) -> int | None:
+        """The run holding `address`, or None."""
+        i = bisect_right(self.starts, address) - 1
+        if i >= 0 and address < self.starts[i] + self.sizes[i]:
+            return i
+        return None
+
+    def _chunk(self, i: int) -> MemoryChunk:
+        number = self.which[i]
+        if number < PRESENT_READERS:
+            return MemoryChunk(self.starts[i], self.sizes[i], _STATE_OF[number])
+        read, where = self.readers[number], self.wheres[i]
+        return MemoryChunk(self.starts[i], self.sizes[i], PageState.PRESENT,
+                           SourceRange(read, where) if where else read)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._chunk(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("run index out of range")
+        return self._chunk(index)
+
+    def __iter__(self) -> Iterator[MemoryChunk]:
+        return (self._chunk(i) for i in range(len(self)))
+
+    def ranges(self, *states: PageState) -> Iterator[tuple[int, int]]:
+        """(start, end) of each stretch of adjacent runs (in one of `states`, if given)."""
+        wanted = None
+        if states:
+            numbers = {n for n, state in enumerate(_STATE_OF) if state in states}
+            wanted = numbers | ({n for n in range(PRESENT_READERS, len(self.readers))}
+                                if PageState.PRESENT in states else set())
+        low = high = None
+        for start, size, number in zip(self.starts, self.sizes, self.which):
+            if wanted is not None and number not in wanted:
+                continue
+            if start == high:
+                high += size
+                continue
+            if low is not None:
+                yield low, high
+            low, high = start, start + size
+        if low is not None:
+            yield low, high
+
+    def extent_file(self) -> ExtentFile:
+        """The runs as one file over the address space; the gaps are "not in the dump".
+        Present runs that continue each other in one reader are read as one: a QEMU
+        paging=true dump has a PT_LOAD per page, which would otherwise cost a read per page
+        of every request."""
+        starts, sizes, which, wheres = self.starts, self.sizes, self.which, self.wheres
+        if any(before == after >= PRESENT_READERS and starts[i] == starts[i - 1] + sizes[i - 1]
+               and wheres[i] == wheres[i - 1] + sizes[i - 1]
+               for i, (before, after) in enumerate(zip(which, islice(which, 1, None)), 1)):
+            starts, sizes, which, wheres = self._joined()
+        return ExtentFile.columns(starts, sizes, wheres, which, self.readers, ADDRESS_SPACE,
+                                  gap=NOT_IN_DUMP)
+
+    def _joined(self):
+        """The columns with each present run that continues the one before in its reader
+        merged into it."""
+        starts, sizes, which, wheres = (array(column.typecode) for column in
+                                        (self.starts, self.sizes, self.which, self.wheres))
+        for start, size, number, where in zip(self.starts, self.sizes, self.which, self.wheres):
+            if sizes and number == which[-1] >= PRESENT_READERS \
+                    and start == starts[-1] + sizes[-1] and where == wheres[-1] + sizes[-1]:
+                sizes[-1] += size
+                continue
+            starts.append(start)
+            sizes.append(size)
+            which.append(number)
+            wheres.append(where)
+        return starts, sizes, which, wheres
+
+
+class Memory:
+    """Physical memory: sorted, non-overlapping runs (`Runs`); gaps between them are holes.
+
+    The runs are the extents of an `ExtentFile` over the whole address space,
+    whose holes are "not in the dump".  They may be computed on first use
+    (`Memory(factory)`), so that opening a dump never walks its whole page
+    table or bitmap.  A backend gives a `Runs` table, or chunks.
+    """
+
+    def __init__(self, runs: Runs | Iterable[MemoryChunk] | Callable[[], Runs | Iterable[MemoryChunk]]):
+        self._factory = runs if callable(runs) else None
+        self._runs = Runs()
         self._file: ExtentFile | None = None      # set last: other threads read without the lock
         self._lock = threading.Lock()
         if self._factory is None:
-            self._index(chunks)
+            self._index(runs)
 
-    def _index(self, chunks: Iterable[MemoryChunk]) -> ExtentFile:
-        chunks = sorted(chunks, key=lambda c: c.start)
-        for before, after in zip(chunks, chunks[1:]):
-            if after.start < before.end:
-                raise DumpError(
-                    f"memory ranges overlap: {before.start:#x}-{before.end:#x} and "
-                    f"{after.start:#x}-{after.end:#x}")
-        self._chunks = [c for c in chunks if c.size > 0]
-        self._starts = [c.start for c in self._chunks]
-        self._file = ExtentFile(coalesce([(c.start, c.size, c.fill) for c in self._chunks]),
-                                size=ADDRESS_SPACE, gap=NOT_IN_DUMP)
+    def _index(self, runs: Runs | Iterable[MemoryChunk]) -> ExtentFile:
+        self._runs = runs if isinstance(runs, Runs) else Runs.of(runs)
+        self._file = self._runs.extent_file()
         return self._file
 
     def _layout(self) -> ExtentFile:
@@ -135,39 +302,35 @@ class Memory:
         return file
 
     @property
-    def chunks(self) -> list[MemoryChunk]:
+    def runs(self) -> Runs:
         self._layout()
-        return self._chunks
+        return self._runs
+
+    @property
+    def chunks(self) -> Runs:
+        """The runs as a sequence of `MemoryChunk`s (made on demand)."""
+        return self.runs
 
     def __iter__(self) -> Iterator[MemoryChunk]:
-        return iter(self.chunks)
+        return iter(self.runs)
 
     @property
     def end(self) -> int:
         """One past the highest address any chunk covers."""
-        return self.chunks[-1].end if self.chunks else 0
+        return self.runs.end
 
     def size_in(self, *states: PageState) -> int:
-        return sum(c.size for c in self.chunks if c.state in states)
+        totals = self.runs.totals
+        return sum(totals[state] for state in states)
 
     def ranges(self, *states: PageState) -> list[tuple[int, int]]:
         """(start, end) of each run of adjacent chunks (in one of `states`, if given)."""
-        ranges: list[list[int]] = []
-        for chunk in self.chunks:
-            if states and chunk.state not in states:
-                continue
-            if ranges and ranges[-1][1] == chunk.start:
-                ranges[-1][1] = chunk.end
-            else:
-                ranges.append([chunk.start, chunk.end])
-        return [(start, end) for start, end in ranges]
+        return list(self.runs.ranges(*states))
 
     def chunk_at(self, address: int) -> MemoryChunk | None:
-        self._layout()
-        i = bisect_right(self._starts, address) - 1
-        if i >= 0 and address < self._chunks[i].end:
-            return self._chunks[i]
-        return None
+        runs = self.runs
+        i = runs.index_at(address)
+        return None if i is None else runs[i]
 
     def read_physical(self, address: int, size: int) -> bytes:
         """Read [address, address+size); raises MemoryUnavailable at the first unreadable byte."""
@@ -176,28 +339,52 @@ class Memory:
     def hole_at(self, address: int) -> PageState | None:
         """The state of `address` when the dump cannot deliver it (EXCLUDED, MISSING; an address
         in no chunk is MISSING), else None."""
-        chunk = self.chunk_at(address)
-        if chunk is None:
+        runs = self.runs
+        i = runs.index_at(address)
+        if i is None:
             return PageState.MISSING
-        return chunk.state if chunk.state in HOLES else None
+        state = runs.state(i)
+        return state if state in HOLES else None
 
-    def read_zero_filled(self, address: int, size: int) -> bytes:
+    def read_zero_filled(self, address: int, size: int, undecodable_as_zeros: bool = False) -> bytes:
         """Like read_physical, but excluded and missing bytes (and those in no chunk) read as
         zeros, as crash's --zero_excluded does; data that is there but cannot be decoded
-        still raises."""
+        still raises, or with `undecodable_as_zeros` reads as zeros too (each run's piece
+        alone, as zgetdump writes such pages)."""
+        runs = self.runs
+        starts, sizes, which = runs.starts, runs.sizes, runs.which
+        count = len(starts)
         parts = []
         end = address + size
+        i = bisect_right(starts, address) - 1
+        if i < 0 or address >= starts[i] + sizes[i]:
+            i += 1                          # the first run at or after `address`
         while address < end:
-            chunk = self.chunk_at(address)
-            if chunk is None:               # in no chunk: zeros up to the next 4 KiB boundary
-                stop = min(end, address - address % GAP_STEP + GAP_STEP)
-            else:
-                stop = min(end, chunk.end)
-            if chunk is None or chunk.state in HOLES:
+            if i >= count or starts[i] >= end:
+                parts.append(bytes(end - address))
+                break
+            if starts[i] > address:         # in no run
+                parts.append(bytes(starts[i] - address))
+                address = starts[i]
+            if which[i] in _HOLE_NUMBERS:
+                stop = min(end, starts[i] + sizes[i])
                 parts.append(bytes(stop - address))
-            else:
+            elif undecodable_as_zeros:
+                stop = min(end, starts[i] + sizes[i])
+                try:
+                    parts.append(self.read_physical(address, stop - address))
+                except MemoryUnavailable:
+                    parts.append(bytes(stop - address))
+            else:                           # adjacent data and zero runs: one read
+                last = i
+                while last + 1 < count and starts[last + 1] < end and which[last + 1] not in _HOLE_NUMBERS \
+                        and starts[last + 1] == starts[last] + sizes[last]:
+                    last += 1
+                i = last
+                stop = min(end, starts[last] + sizes[last])
                 parts.append(self.read_physical(address, stop - address))
             address = stop
+            i += 1
         return b"".join(parts)
 
 

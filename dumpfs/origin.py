@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
+from array import array
+from itertools import chain, islice
 
 from dumpfs.errors import Severity
 from dumpfs.model import Dump, DumpMeta, MemoryChunk, Note, PageState
@@ -33,19 +36,23 @@ def is_origin(note: Note) -> bool:
 def origin_note(dump: Dump) -> Note:
     """The note for a core written from `dump` (a converted dump's origin carries over)."""
     meta = dump.meta
-    excluded = dump.memory.ranges(PageState.EXCLUDED)[:MAX_RANGES]
-    missing = dump.memory.ranges(PageState.MISSING)[:MAX_RANGES - len(excluded)]
+    runs = dump.memory.runs
+    excluded = array("Q", chain.from_iterable(islice(runs.ranges(PageState.EXCLUDED), MAX_RANGES)))
+    missing = array("Q", chain.from_iterable(islice(runs.ranges(PageState.MISSING),
+                                                    MAX_RANGES - len(excluded) // 2)))
     header = {
         "format": meta.details.get("converted from", meta.format),
         "writer": meta.details.get("original writer", meta.writer),
         "dump_level": meta.dump_level,
         "compression": meta.compression,
         "problems": [[p.text, int(p.severity)] for p in meta.problems],
-        "excluded": len(excluded),
-        "missing": len(missing),
+        "excluded": len(excluded) // 2,
+        "missing": len(missing) // 2,
     }
-    pairs = b"".join(_PAIR.pack(start, end) for start, end in excluded + missing)
-    return Note(NOTE_NAME, NT_DUMPFS_ORIGIN, json.dumps(header).encode() + b"\0" + pairs)
+    pairs = excluded + missing          # (start, end) pairs, little-endian u64 in the note
+    if sys.byteorder == "big":
+        pairs.byteswap()
+    return Note(NOTE_NAME, NT_DUMPFS_ORIGIN, json.dumps(header).encode() + b"\0" + pairs.tobytes())
 
 
 def read_origin(note: Note, meta: DumpMeta) -> list[MemoryChunk]:

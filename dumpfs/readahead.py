@@ -64,7 +64,11 @@ class ReadAhead:
                 return self._frontier - self._stream_start >= self.trigger
             self._last = (start, end)
             slack = max(self.unit, self.trigger // 2)     # FUSE requests may overtake each other
-            if self._frontier - slack <= start <= self._frontier + slack:
+            # a reader of a stream being fetched may also skip forward into what is fetched
+            # (a copy that jumps over holes, the ranges of one region): the same stream
+            fetching = self._frontier - self._stream_start >= self.trigger
+            ahead = (self._scheduled + 1) * self.unit if fetching else self._frontier
+            if self._frontier - slack <= start <= max(self._frontier, ahead) + slack:
                 self._frontier = max(self._frontier, end)
             else:
                 self._restart(start, end)

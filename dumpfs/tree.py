@@ -182,6 +182,41 @@ class Dir(Node):
         return node
 
 
+class NamedDir(Dir):
+    """A directory whose entries' names are known before the entries are built: a lookup
+    builds only the entry it asks for, a listing builds the rest.  `cat proc/*/comm` then
+    builds one node per process folder, not a dozen (each node, once built, stays)."""
+
+    def __init__(self, name: str, names: Callable[[], Iterable[str]], make: Callable[[str], Node],
+                 mtime: float | None = None, access: Access | None = None, inline: bool = False):
+        super().__init__(name, self._make_all, mtime, access, inline)
+        self._names_of = names
+        self._names: tuple[str, ...] | None = None
+        self._make = make
+        self._made: dict[str, Node] = {}
+
+    def _entry(self, name: str) -> Node:
+        """The entry `name`, built on first use (the caller holds the lock)."""
+        node = self._made.get(name)
+        if node is None:
+            node = self._made[name] = self._make(name)
+        return node
+
+    def _known_names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._names_of())
+        return self._names
+
+    def _make_all(self) -> list[Node]:
+        return [self._entry(name) for name in self._known_names()]
+
+    def lookup(self, name: str) -> Node | None:
+        if self._children is not None:
+            return self._children.get(name)
+        with self._lock:
+            return self._entry(name) if name in self._known_names() else None
+
+
 def unique_names(names: Iterable[str]) -> list[str]:
     """Sibling names made unique in order: a repeated `name` becomes `name-2`, `name-3`..."""
     unique: list[str] = []

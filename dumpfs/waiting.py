@@ -8,7 +8,6 @@ what a FUSE reply copies out at once needs no bytes object of its own.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 
@@ -19,16 +18,27 @@ class WouldBlock(Exception):
 _no_waiting = threading.local()
 
 
-@contextlib.contextmanager
-def without_waiting():
+class _WithoutWaiting:
+    """without_waiting()'s context manager: a class, not @contextmanager's generator (the
+    FUSE layer enters it up to three times per request)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _no_waiting.active = True
+
+    def __exit__(self, *exc_info) -> None:
+        _no_waiting.active = False
+
+
+_WITHOUT_WAITING = _WithoutWaiting()
+
+
+def without_waiting() -> _WithoutWaiting:
     """Reads inside may not block: data not in the page cache, or still to be decompressed,
     raises WouldBlock.  The FUSE layer serves such reads on its event loop and hands the
     rest to worker threads, which spares the thread hop for the common, cached case."""
-    _no_waiting.active = True
-    try:
-        yield
-    finally:
-        _no_waiting.active = False
+    return _WITHOUT_WAITING
 
 
 def waiting_forbidden() -> bool:

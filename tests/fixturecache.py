@@ -90,6 +90,25 @@ def unpacked(folder: str, name: str) -> Path:
     return target
 
 
+def recompressed(folder: str, name: str, suffix: str, command: list[str]) -> Path:
+    """The unpacked fixture compressed by `command` (given the file, writing to stdout), made
+    once into the cache beside it and reused by later sessions: the name holds the unpacked
+    file's size and mtime and a hash of the command, so a new unpack or a new level rebuilds."""
+    plain = unpacked(folder, name)
+    st = plain.stat()
+    recipe = hashlib.sha256("\0".join(command).encode()).hexdigest()[:8]
+    target = cache_dir() / folder / "recompressed" / \
+        f"{plain.name}.{st.st_size}-{st.st_mtime_ns}-{recipe}.{suffix}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as out:
+        subprocess.run(command + [str(plain)], stdout=out, check=True)
+    os.replace(tmp, target)
+    return target
+
+
 # the distro debug vmlinux of each fixture's kernel: (release, Debian architecture, suite)
 DEBUG_VMLINUX = {
     "x86_64-debian11": ("5.10.0-32-amd64", "amd64", "bullseye"),

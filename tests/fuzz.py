@@ -385,7 +385,21 @@ def _elf_with_big_notes(seeds: list[Seed]) -> tuple[Seed, list[bytes]]:
     return Seed("generated-elf-big-notes", [data], [[]], "little", ["big-notes.elf"]), [data]
 
 
-GENERATORS = {"elf-big-notes": _elf_with_big_notes}
+def _kdump_with_random_bitmaps(seeds: list[Seed]) -> tuple[Seed, list[bytes]]:
+    """Issue 9: the first 2 MiB of a kdump whose two bitmaps (512 KiB each, max_mapnr 4 Mi) are
+    random bits: 1.8 million runs of pages, which took a Python object each (750 MB)."""
+    data = bytearray(_head(fc.unpacked("x86_64-custom", "mkdf-lzo-d31.kdump.xz"), 2 * MIB))
+    block, bitmap_bytes = 4096, 512 << 10
+    sub_blocks = struct.unpack_from("<i", data, 0x1B0)[0]
+    struct.pack_into("<II", data, 0x1B4, 2 * bitmap_bytes // block, 8 * bitmap_bytes)  # bitmap_blocks, max_mapnr
+    struct.pack_into("<Q", data, block + 0x60, 8 * bitmap_bytes)                     # max_mapnr_64
+    bitmap1 = (1 + sub_blocks) * block
+    data[bitmap1:bitmap1 + 2 * bitmap_bytes] = random.Random(9).randbytes(2 * bitmap_bytes)
+    return Seed("generated-kdump-random-bitmaps", [bytes(data)], [[]], "little",
+                ["random-bitmaps.kdump"]), [bytes(data)]
+
+
+GENERATORS = {"elf-big-notes": _elf_with_big_notes, "kdump-random-bitmaps": _kdump_with_random_bitmaps}
 
 
 def write_mutant(folder: Path, seed: Seed, files: list[bytes], tag: str) -> list[Path]:

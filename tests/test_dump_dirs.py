@@ -136,6 +136,55 @@ def test_info_names_the_directory_entry(crash):
     assert f"container..........: qemu-elf.vmcore in the dump directory {directory}" in text
 
 
+def info_blocks(text: str) -> dict[str, str]:
+    """`dumpfs info DIR` output: folder name -> its block (the lines after `== name ==`)."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("== ") and line.rstrip().endswith(" =="):
+            name = line.strip()[3:-3]
+            blocks[name] = ""
+        elif name is not None:
+            blocks[name] += line
+    return {name: block.rstrip("\n") + "\n" for name, block in blocks.items()}
+
+
+def test_info_of_a_directory_shows_each_dump_as_the_mount_does(crash):
+    directory, mp = crash
+    done = run_dumpfs("info", directory)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1                 # one of the three cannot be shown
+    assert done.stderr == f"dumpfs: {directory}: 1 of 3 dumps cannot be shown: broken.kdump\n"
+    blocks = info_blocks(done.stdout)
+    assert list(blocks) == sorted(os.listdir(mp))
+    for name in (HOST, "qemu-elf.vmcore"):
+        assert blocks[name] == (mp / name / "info").read_text(), name
+        assert f"{name if name != HOST else HOST + '/vmcore'} in the dump directory" in blocks[name]
+    error = (mp / "broken.kdump" / "info").read_text()
+    assert blocks["broken.kdump"] == f"error..............: {error}"
+    assert blocks["broken.kdump"].count("\n") == 1
+
+    done = run_dumpfs("info", "--json", directory)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    listed = {entry["name"]: entry for entry in json.loads(done.stdout)}
+    assert listed[HOST]["entry"] == f"{HOST}/vmcore"
+    assert listed[HOST]["info"] == json.loads((mp / HOST / "info.json").read_text())
+    assert listed["broken.kdump"]["error"] == error.strip() and "info" not in listed["broken.kdump"]
+
+
+def test_info_of_a_directory_of_good_dumps_or_none(sources, tmp_path):
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    done = run_dumpfs("info", directory)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"dumpfs: {directory}: no dump found in this directory\n"
+    os.symlink(sources["kdump"], directory / "vmcore")
+    done = run_dumpfs("info", directory)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert list(info_blocks(done.stdout)) == ["vmcore"]
+    assert "Dump format........: kdump" in done.stdout
+
+
 def test_dumps_copied_in_appear_and_removed_ones_disappear(sources, mount, tmp_path, mountpoint):
     directory = make_crash_dir(tmp_path, sources)
     mount_dir(directory, mountpoint)

@@ -22,7 +22,7 @@ from dumpfs.kernel.address_space import IdentitySpace, KernelMemory, TableCache,
 from dumpfs.kernel.btf import btf_from_memory, find_btf
 from dumpfs.kernel.context import KernelContext
 from dumpfs.kernel.image import ImageWindow
-from dumpfs.kernel.kallsyms import (DIGIT_TOKENS, decode, find_tables, known_symbols, split_names,
+from dumpfs.kernel.kallsyms import (DIGIT_TOKENS, decode, expanded_names, find_tables, known_symbols, split_names,
                                    tables_from_vmcoreinfo)
 from dumpfs.kernel.printk import format_dmesg, read_kernel_log
 from dumpfs.kernel.symbols import (SymbolTable, from_kallsyms, from_system_map, from_vmlinux,
@@ -375,6 +375,21 @@ def test_kallsyms_scan_finds_every_table_layout(label, order, long_counts, arch)
         _tables, found = find_tables(KernelMemory(dump, IdentitySpace(stext)), dump.vmcoreinfo)
     assert found == symbols
     assert all(addresses[n] == a for n, a in known.items() if n in addresses)
+
+
+def test_kallsyms_names_cache_returns_the_expansion_and_ignores_a_bad_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUMPFS_CACHE_DIR", str(tmp_path))
+    tokens = [bytes([i]) for i in range(256)]
+    tokens[1] = b"init_"                                    # a token of several characters
+    names = b"\x06T\x01task" + b"\x04tfoo"
+    expected = b"Tinit_task\0tfoo"
+    assert expanded_names(names, 2, tokens) == expected     # expanded, then cached
+    [cached] = (tmp_path / "kallsyms").iterdir()
+    assert cached.read_bytes() == expected
+    cached.write_bytes(b"Tinit_task")                       # one name where there are two
+    assert expanded_names(names, 2, tokens) == expected
+    assert cached.read_bytes() == expected
+    assert expanded_names(names[:-1] + b"x", 2, tokens) == b"Tinit_task\0tfox"    # other tables
 
 
 def test_kallsyms_scan_of_many_token_tables_without_names_is_bounded():

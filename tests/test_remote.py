@@ -255,6 +255,56 @@ def test_fsname_shows_the_redacted_url(http, mountpoint):
     assert line.split()[0] == http.url(name) + "?<redacted>"
 
 
+PRESIGNED = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20261203&"
+             "X-Amz-Signature=5ec7e75ec7e75ec7e7")
+SIGNATURE = "5ec7e75ec7e75ec7e7"
+
+
+def command_lines_naming(text: str) -> list[bytes]:
+    """The command lines (/proc/PID/cmdline, what ps shows every user) that contain `text`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_presigned_query_is_never_shown(http, served, mountpoint, tmp_path):
+    """Not in info (of the URL, of a directory whose manifest names it), debug logs, findmnt,
+    the mount daemon's command line, nor the mounted tree's info."""
+    name = object_name("x86_64-custom", "mkdf-zlib-d1.kdump.xz")
+    url = http.url(name, "?" + PRESIGNED)
+    shown = http.url(name) + "?<redacted>"
+    done = run_dumpfs("info", "--debug", url)
+    assert done.returncode == 0, done.stderr
+    assert SIGNATURE not in done.stdout + done.stderr and shown in done.stdout
+    done = run_dumpfs("info", "--debug", http.url("no-such-dump", "?" + PRESIGNED))
+    assert done.returncode == 1 and done.stderr and SIGNATURE not in done.stderr, done.stderr
+
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    (directory / "remote.dumpfs").write_text(url + "\n")
+    done = run_dumpfs("info", directory)
+    assert done.returncode == 0, done.stderr
+    assert SIGNATURE not in done.stdout + done.stderr
+    assert f"naming {shown}" in done.stdout
+
+    done = run_dumpfs("mount", url, mountpoint)
+    assert done.returncode == 0, done.stderr
+    assert SIGNATURE not in Path("/proc/self/mounts").read_text()
+    daemons = command_lines_naming(str(mountpoint))
+    assert daemons, "no process with the mountpoint on its command line"
+    for cmdline in daemons:
+        assert SIGNATURE.encode() not in cmdline and shown.encode() in cmdline.split(b"\0"), cmdline
+    assert SIGNATURE not in (mountpoint / "info").read_text()
+    assert (mountpoint / "vmcore").read_bytes()[:4] == b"\x7fELF"
+
+
 # -- bytes fetched ------------------------------------------------------------------
 
 @pytest.mark.parametrize("folder,name", FIXTURES, ids=IDS)

@@ -118,6 +118,7 @@ class KernelMemory:
     of each task_struct, list pointer and all, from the same pages), shared like `tables`."""
 
     TLB_ENTRIES = 4096
+    HUGE_RUNS = 16                      # remembered huge-page runs per GiB of addresses
     PAGE_CACHE_ENTRIES = 1024           # 4 MiB of 4 KiB pages
 
     def __init__(self, dump: Dump, space: AddressSpace, page_size: int | None = None,
@@ -130,6 +131,9 @@ class KernelMemory:
         self.prefix = dump.arch.struct_prefix
         self.byteorder = dump.arch.byteorder
         self._tlb: OrderedDict[int, int] = OrderedDict()
+        # runs a translation said are contiguous beyond their page (huge pages: the direct
+        # map's task_structs, slabs): GiB -> [(virtual start, end, physical start)]
+        self._huge: dict[int, list[tuple[int, int, int]]] = {}
         self._lock = threading.Lock()
 
     # -- translation --------------------------------------------------------
@@ -144,12 +148,31 @@ class KernelMemory:
                 return ppage | (address & page_mask)
         if not 0 <= address < 1 << 64:
             raise TranslationError(address % (1 << 64), "address out of range")
-        physical, _ = self.space.translate(vpage)
+        physical = self._in_huge(vpage)
+        if physical is None:
+            physical, mapped = self.space.translate(vpage)
+            if mapped > self.page_size:
+                self._remember_huge(vpage, mapped, physical)
         with self._lock:
             self._tlb[vpage] = physical
             while len(self._tlb) > self.TLB_ENTRIES:
                 self._tlb.popitem(last=False)
         return physical | (address & page_mask)
+
+    def _in_huge(self, vpage: int) -> int | None:
+        """The physical page of `vpage` from a run translated before, or None."""
+        for start, end, physical in self._huge.get(vpage >> 30, ()):
+            if start <= vpage < end:
+                return physical + vpage - start
+        return None
+
+    def _remember_huge(self, vpage: int, mapped: int, physical: int) -> None:
+        """Keep a run of more than one page (bounded: HUGE_RUNS per GiB of addresses)."""
+        with self._lock:
+            runs = self._huge.setdefault(vpage >> 30, [])
+            if len(runs) >= self.HUGE_RUNS:
+                del runs[0]
+            runs.append((vpage, vpage + mapped, physical))
 
     # -- reads ----------------------------------------------------------------
     def read(self, address: int, size: int) -> bytes:

@@ -88,6 +88,7 @@ class BtfTypes(Types):
         # (kind, name offset) -> the first type id of a named struct/union (as struct) or
         # enum/enum64 (as enum); names are decoded only when looked up
         self._named: dict[tuple[int, int], int] = {}
+        self._by_name: dict[tuple[int, bytes], int] | None = None     # see _name_index
         position, end = types_start, types_start + type_len
         unpack = self._headers.unpack_from
         offsets, named = self._offsets, self._named
@@ -107,17 +108,27 @@ class BtfTypes(Types):
             raise BtfError("the last type runs past the type section")
 
     def _named_id(self, kind: int, name: str) -> int | None:
-        """The first type id of `kind` named `name` (every copy of the string is tried: BTF
+        """The first type id of `kind` named `name` (every copy of the string counts: BTF
         deduplicates its strings, a hostile one may not)."""
-        wanted = b"\0" + name.encode() + b"\0"
-        found = None
-        at = self.strings.find(wanted)
-        while at >= 0:
-            type_id = self._named.get((kind, at + 1))
-            if type_id is not None and (found is None or type_id < found):
-                found = type_id
-            at = self.strings.find(wanted, at + 1)
-        return found
+        if self._by_name is None:
+            self._by_name = self._name_index()
+        return self._by_name.get((kind, name.encode()))
+
+    def _name_index(self) -> dict[tuple[int, bytes], int]:
+        """(kind, name) -> first type id, of the named structs and enums: built once, from
+        their names only (a search of the whole string section per lookup cost more than
+        this by the tenth struct).  A name is a whole string: after a NUL (or first)."""
+        strings, index = self.strings, {}
+        for (kind, offset), type_id in self._named.items():
+            if offset > len(strings) or (offset and strings[offset - 1] != 0):
+                continue
+            end = strings.find(b"\0", offset)
+            if end < 0:
+                continue
+            key = (kind, strings[offset:end])
+            if key not in index or type_id < index[key]:
+                index[key] = type_id
+        return index
 
     def _name(self, offset: int) -> str:
         end = self.strings.find(b"\0", offset)

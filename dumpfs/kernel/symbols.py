@@ -18,7 +18,10 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -30,8 +33,9 @@ from dumpfs.kernel.kallsyms import decode, find_tables, known_symbols, tables_fr
 from dumpfs.model import Dump, VmcoreInfo
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
+    """One symbol; a tuple, so that a kernel's 100,000 cost one small object each."""
+
     name: str
     address: int
     type: str = "?"      # nm/kallsyms type letter when known
@@ -56,14 +60,12 @@ class SymbolTable:
         """Add one source's symbols whose names no earlier source knew (a source's own
         duplicates, e.g. static functions of the same name, are all kept; by name, the
         first wins); returns how many were added."""
-        known = set(self._by_name)
-        added = 0
-        for symbol in symbols:
-            if symbol.name in known:
-                continue
-            self._by_name.setdefault(symbol.name, symbol)
-            self.symbols.append(symbol)
-            added += 1
+        known = self._by_name
+        fresh = [symbol for symbol in symbols if symbol.name not in known]
+        # by name the first wins: the reversed pairs leave each name's first symbol
+        known.update(zip(map(attrgetter("name"), reversed(fresh)), reversed(fresh)))
+        self.symbols += fresh
+        added = len(fresh)
         self._sorted = None
         if source is not None:
             self.sources.append(source)
@@ -233,7 +235,8 @@ def kallsyms_in_memory(kmem: KernelMemory, info: VmcoreInfo | None) -> tuple[lis
             how = "listed in VMCOREINFO"
     except KernelUnavailable as exc:
         raise SymbolError(str(exc)) from None
-    return [Symbol(name, address, letter) for name, address, letter in raw], how
+    # tuple.__new__(Symbol, (name, address, letter)) is Symbol(...) without a Python call
+    return list(map(tuple.__new__, repeat(Symbol), raw)), how
 
 
 def from_kallsyms(kmem: KernelMemory, info: VmcoreInfo | None) -> list[Symbol]:

@@ -282,9 +282,10 @@ class TaskWalker:
 
     # -- lists ----------------------------------------------------------------
     def _follow(self, head: int, pointer: int, limit: int, seen: set[int],
-                meet: frozenset[int] = frozenset()) -> tuple[list[int], str | None]:
+                meet: frozenset[int] = frozenset(), visit=None) -> tuple[list[int], str | None]:
         """Nodes from `head` over the pointer at offset `pointer` (next or prev); the second
-        value says why the walk stopped early (None: back at the head, or at a node of `meet`)."""
+        value says why the walk stopped early (None: back at the head, or at a node of `meet`).
+        `visit(node)` is called on each node as it is reached, while its page is cached."""
         out: list[int] = []
         node = head
         while True:
@@ -303,19 +304,23 @@ class TaskWalker:
                 return out, f"more than {limit} entries (the list is damaged or absurd)"
             seen.add(following)
             out.append(following)
+            if visit is not None:
+                visit(following)
             node = following
 
     def _ring(self, head: int, member_offset: int, limit: int,
-              what: str) -> tuple[list[int], list[str]]:
+              what: str, visit=None) -> tuple[list[int], list[str]]:
         """Container addresses on the circular list at `head`, in list order: forwards from the
         head, and where that stops early, backwards from the head until the walks meet.
-        The second value says what stopped the walks (empty: the list was whole)."""
+        The second value says what stopped the walks (empty: the list was whole).
+        `visit(container)` is called on each as it is reached (see `_follow`)."""
         seen = {head}
-        forward, cut = self._follow(head, 0, limit, seen)
+        at = None if visit is None else (lambda node: visit(node - member_offset))
+        forward, cut = self._follow(head, 0, limit, seen, visit=at)
         if cut is None:
             return [node - member_offset for node in forward], []
         backward, back_cut = self._follow(head, self._prev, limit - len(forward), seen,
-                                          frozenset(forward))
+                                          frozenset(forward), visit=at)
         nodes = forward + backward[::-1]
         if back_cut is None:
             notes = [f"{what}: {cut}; the rest found walking back from the head"]
@@ -377,8 +382,11 @@ class TaskWalker:
             tasks[address] = task
             return task
 
+        # each task is read as the list reaches it: the page holding its list node is
+        # then still in the page cache (a walk first, reads after, would fetch it twice)
         addresses, notes = self._ring(self.init_task + self.t.tasks, self.t.tasks, MAX_TASKS,
-                                      "task list (init_task.tasks)")
+                                      "task list (init_task.tasks)",
+                                      visit=lambda address: read(address, "the task list"))
         found.notes += notes
         leaders: dict[int, Task] = {}
         for address in addresses:

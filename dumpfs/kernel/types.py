@@ -14,15 +14,12 @@ keyed by build id and kernel release.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 
-from dumpfs.cache import cache_dir
+from dumpfs.cache import cache_dir, write_cache_file
 
 from dumpfs.errors import TypeMissing
 
@@ -201,22 +198,5 @@ class LayoutCache:
             return None
 
     def save(self, data: dict) -> None:
-        if self.path is None:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        except OSError:
-            return                      # no cache directory: the layouts are only not cached
-        saved = False
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
-            saved = True
-        except OSError:
-            pass
-        finally:
-            if not saved:               # a failed write leaves no temporary file behind
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        if self.path is not None:
+            write_cache_file(self.path, lambda f: f.write(json.dumps(data).encode()))

@@ -24,7 +24,7 @@ from dumpfs.s390dump import (ARCH_S390X, END_MARKER_MAGIC, HEADER_SIZE, MAGIC_S3
                              EndMarker, datetime_to_tod)
 from dumpfs.errors import MemoryUnavailable
 from dumpfs.extents import overlay
-from dumpfs.model import Dump, PageState
+from dumpfs.model import Dump
 from dumpfs.tree import File
 from dumpfs.extents import Extent, ExtentFile
 from dumpfs.views.extents import lazy_extent_file
@@ -32,10 +32,10 @@ from dumpfs.views.extents import lazy_extent_file
 
 def zero_filled_memory(dump: Dump, mem_size: int, overlays: dict[int, bytes]) -> ExtentFile:
     """Memory [0, mem_size) with every byte the model cannot give read as zero, overlays on top."""
-    present = [Extent(c.start, c.size, _or_zeros(c.read))
-               for c in dump.memory.chunks if c.state is PageState.PRESENT]
+    def read(offset: int, length: int) -> bytes:
+        return dump.memory.read_zero_filled(offset, length, undecodable_as_zeros=True)
     patches = [Extent(start, len(data), data) for start, data in sorted(overlays.items())]
-    return ExtentFile(overlay(present, patches), size=mem_size)
+    return ExtentFile(overlay([Extent(0, mem_size, read)], patches), size=mem_size)
 
 
 def _or_zeros(read):

@@ -11,6 +11,7 @@ from dumpfs.model import Dump, PageState
 from dumpfs.views.memory import contiguous_ranges
 
 MAX_RANGES_IN_TEXT = 32
+MAX_RANGES_IN_JSON = 1 << 16     # a damaged dump's millions of ranges: the first ones and their count
 
 
 def _mib(size: int) -> str:
@@ -50,6 +51,7 @@ def info_json(dump: Dump, context: KernelContext) -> dict:
     memory = dump.memory
     uts = _utsname(context)
     details = meta.details
+    ranges, range_count = contiguous_ranges(dump, MAX_RANGES_IN_JSON)
     return {
         "sources": list(dump.sources),
         "format": meta.format,
@@ -76,7 +78,8 @@ def info_json(dump: Dump, context: KernelContext) -> dict:
             "excluded_bytes": memory.size_in(PageState.EXCLUDED),
             "missing_bytes": memory.size_in(PageState.MISSING),
             "chunks": len(memory.chunks),
-            "ranges": [[start, end] for start, end in contiguous_ranges(dump)],
+            "ranges": [[start, end] for start, end in ranges],
+            "range_count": range_count,
         },
         "details": {k: v for k, v in details.items() if k != "vmcoreinfo"},
     }
@@ -118,8 +121,8 @@ def info_text(dump: Dump, context: KernelContext) -> str:
     ranges = memory["ranges"]
     for start, end in ranges[:MAX_RANGES_IN_TEXT]:
         lines.append(f"  {start:016x} - {end - 1:016x} ({_mib(end - start)})")
-    if len(ranges) > MAX_RANGES_IN_TEXT:
-        lines.append(f"  ... {len(ranges) - MAX_RANGES_IN_TEXT} more ranges: see memory/map")
+    if memory["range_count"] > MAX_RANGES_IN_TEXT:
+        lines.append(f"  ... {memory['range_count'] - MAX_RANGES_IN_TEXT} more ranges: see memory/map")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,7 @@ from dumpfs.kernel.context import KernelContext
 from dumpfs.kernel.mm import MAX_ARGS, MmWalker
 from dumpfs.kernel.tasks import Task
 from dumpfs.model import Note
-from dumpfs.tree import Dir, File
+from dumpfs.tree import Dir, File, NamedDir
 from dumpfs.extents import Extent, ExtentFile
 from dumpfs.views.memory import range_line
 
@@ -227,29 +227,30 @@ def task_dir(process: Process, task: Task) -> Dir:
     ])
 
 
-def process_dir(process: Process) -> Dir:
-    task = process.task
+# the entries of a process's folder: name -> its node, built on first lookup or listing
+PROCESS_ENTRIES = {
+    "comm": lambda process: computed("comm", lambda: comm_text(process.task), inline=True),
+    "status": lambda process: computed(
+        "status", lambda: status_text(process.task, len(process.threads)), inline=True),
+    "stat": lambda process: computed("stat", lambda: stat_text(process.task), inline=True),
+    "task": lambda process: Dir("task", lambda: [task_dir(process, t) for t in process.threads],
+                                inline=True),
+    "cmdline": lambda process: (File.from_bytes("cmdline", b"") if process.task.is_kernel_thread
+                                else user_text_file(process, "cmdline", "arg_start", "arg_end")),
+    "environ": lambda process: user_text_file(process, "environ", "env_start", "env_end"),
+    "maps": lambda process: computed("maps", process.maps),
+    "mem": lambda process: mem_file(process),
+    "core": lambda process: core_file(process),
+    "regions": lambda process: Dir("regions", lambda: region_files(process)),
+}
+KERNEL_THREAD_ENTRIES = ("comm", "status", "stat", "task", "cmdline")     # no memory files
 
-    def children():
-        nodes = [
-            computed("comm", lambda: comm_text(task), inline=True),
-            computed("status", lambda: status_text(task, len(process.threads)), inline=True),
-            computed("stat", lambda: stat_text(task), inline=True),
-            Dir("task", lambda: [task_dir(process, t) for t in process.threads], inline=True),
-        ]
-        if task.is_kernel_thread:
-            nodes.append(File.from_bytes("cmdline", b""))
-            return nodes
-        nodes += [
-            user_text_file(process, "cmdline", "arg_start", "arg_end"),
-            user_text_file(process, "environ", "env_start", "env_end"),
-            computed("maps", process.maps),
-            mem_file(process),
-            core_file(process),
-            Dir("regions", lambda: region_files(process)),
-        ]
-        return nodes
-    return Dir(str(task.pid), children, inline=True)     # closures only: nothing read
+
+def process_dir(process: Process) -> Dir:
+    def names():
+        return KERNEL_THREAD_ENTRIES if process.task.is_kernel_thread else PROCESS_ENTRIES
+    return NamedDir(str(process.task.pid), names, lambda name: PROCESS_ENTRIES[name](process),
+                    inline=True)     # closures only: nothing read
 
 
 def user_text_file(process: Process, name: str, start_key: str, end_key: str) -> File:
