@@ -130,7 +130,6 @@ def join(parts: Sequence) -> bytes | memoryview:
         return parts[0] if len(parts) == 1 else gather(parts, sum(map(len, parts)))
     if len(parts) == 1 and not isinstance(parts[0], memoryview):
         return parts[0]
-        return gather(parts, sum(map(len, parts)))
     return b"".join(parts)
 
 

@@ -18,7 +18,7 @@ from itertools import compress, islice
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from dumpfs.errors import DumpError, MemoryUnavailable, Problem, Severity
-from dumpfs.extents import ExtentFile, Readers, SourceRange, Unreadable, zeros
+from dumpfs.extents import ExtentFile, Readers, SourceRange, Unreadable, join, zeros
 from dumpfs.waiting import may_wait
 
 if TYPE_CHECKING:
@@ -385,7 +385,7 @@ class Memory:
                 parts.append(self.read_physical(address, stop - address))
             address = stop
             i += 1
-        return b"".join(parts)
+        return join(parts)
 
 
 @dataclass
