@@ -53,7 +53,7 @@ MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 20
 PAGE_DESC_SIZE = 24
 BITMAP_PIECE = 4 << 20          # bitmap bytes scanned per pread (32 Mi pfns)
 MAX_PAGES_PER_BATCH = 256       # pages decoded per descriptor pread
-PAGES_PER_BATCH = 256            # descriptors per read-ahead unit (and decode-once claim)
+PAGES_PER_BATCH = 256           # descriptors per read-ahead unit (and decode-once claim)
 STREAM_TRIGGER = 2 * MAX_PAGES_PER_BATCH    # descriptors read in a row before decoding ahead
 MAX_COALESCED_READ = 4 << 20    # bytes of page data per pread
 MAX_RAW_RUN = 1024              # pages checked at once for raw, back-to-back storage
@@ -822,10 +822,8 @@ class KdumpPages:
             return None
         if set(map(len, pages)) != {block_size}:
             return None
-        if 0 in methods and len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
-            for offset, size_flags, page in zip(offsets, sizes_flags, pages):    # raw zero pages:
-                if not size_flags >> 32 and page is not zero_page and page == zero_page:
-                    zero_offsets.add(offset)            # the shared one, for the page path
+        if 0 in methods:
+            self._remember_zero_pages(offsets, sizes_flags, pages)
         return pages
 
     def _decode_in_process(self, low: int, high: int, offsets: list[int], sizes_flags: list[int],
@@ -839,12 +837,18 @@ class KdumpPages:
             return None
         view = memoryview(data)
         pages = [view[k:k + block_size] for k in range(0, len(data), block_size)]
-        if len(zero_offsets) < MAX_SHARED_ZERO_PAGES:
-            zero_page = self.zero_page
-            for offset, size_flags, page in zip(wanted, sizes_flags, pages):    # raw zero pages:
-                if not size_flags >> 32 and offset >= 0 and page == zero_page:
-                    zero_offsets.add(offset)            # the shared one, for the page path
+        self._remember_zero_pages(wanted, sizes_flags, pages)
         return pages
+
+    def _remember_zero_pages(self, offsets, sizes_flags, pages) -> None:
+        """Raw pages of zeros (offset -1 or the shared page itself: already known) are the
+        shared zero page: remembered by their data offset, for the page path."""
+        zero_offsets, zero_page = self.zero_offsets, self.zero_page
+        if len(zero_offsets) >= MAX_SHARED_ZERO_PAGES:
+            return
+        for offset, size_flags, page in zip(offsets, sizes_flags, pages):
+            if not size_flags >> 32 and offset >= 0 and page is not zero_page and page == zero_page:
+                zero_offsets.add(offset)
 
     def _pages(self, descriptor: int, count: int) -> list[bytes]:
         """The decoded pages of `count` descriptors from `descriptor` on (cached by descriptor).

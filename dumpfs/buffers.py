@@ -13,9 +13,12 @@ cache into them about three times faster than into a (misaligned) bytearray.
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 import threading
 from typing import Sequence
+
+from dumpfs.waiting import WouldBlock
 
 POOL_SIZE = 16                  # buffers per thread (a request over many extents holds one per piece)
 MIN_BUFFER = 1 << 20            # one FUSE request: small reads do not fill the pool with small buffers
@@ -56,3 +59,16 @@ def gather(parts: Sequence, total: int) -> memoryview:
         view[position:end] = part
         position = end
     return view[:position]
+
+
+def read_cached(fd: int, offset: int, length: int, name: str) -> memoryview:
+    """`length` bytes at `offset` of `fd` in a scratch buffer if the page cache holds them all,
+    else WouldBlock: one preadv(RWF_NOWAIT), for reads served on the FUSE event loop."""
+    view = scratch(length)
+    try:
+        got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+    except OSError as e:        # BlockingIOError: not cached; EOPNOTSUPP: no RWF_NOWAIT
+        raise WouldBlock(f"{name}: {e.strerror}") from None
+    if got < length:
+        raise WouldBlock(f"{name}: {offset + got:#x} is not in the page cache")
+    return view

@@ -34,7 +34,7 @@ import zstandard
 from construct import Bytes, Const, Int32ul, Int64ul, PaddedString, Struct
 from tqdm import tqdm
 
-from dumpfs.buffers import scratch
+from dumpfs.buffers import read_cached
 from dumpfs.errors import DumpError, Unavailable
 from dumpfs.model import PageCache
 from dumpfs.waiting import WouldBlock, waiting_forbidden
@@ -177,13 +177,7 @@ class ChunkCache(ChunkedReads):
         start, end = self.table[index], self.table[index + 1]
         if end == start:
             return bytes(self._expected(index))
-        raw = scratch(end - start)
-        try:
-            got = os.preadv(self.fd, [raw], start, os.RWF_NOWAIT)
-        except OSError as e:        # BlockingIOError: not cached; EOPNOTSUPP: no RWF_NOWAIT
-            raise WouldBlock(f"{self.path}: {e.strerror}") from None
-        if got < len(raw):
-            raise WouldBlock(f"{self.path}: chunk {index} is not in the page cache")
+        raw = read_cached(self.fd, start, end - start, f"{self.path}: chunk {index}")
         return self._decompress(index, raw)
 
     def _expected(self, index: int) -> int:

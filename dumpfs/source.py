@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import stat
 
-from dumpfs.buffers import scratch
+from dumpfs.buffers import read_cached
 from dumpfs.errors import DamagedDump, MissingPart, NoDump
-from dumpfs.waiting import WouldBlock, waiting_forbidden
+from dumpfs.waiting import waiting_forbidden
 from dumpfs.extents import Extent, ExtentFile, SourceRange
 
 
@@ -88,13 +88,7 @@ class FileSource(Source):
         (`dumpfs.buffers`): large reads return a memoryview of it, which is
         all a FUSE reply needs; small ones a copy, as bytes.
         """
-        view = scratch(length)
-        try:
-            got = os.preadv(self.fd, [view], offset, os.RWF_NOWAIT)
-        except OSError as e:        # BlockingIOError: not cached; EOPNOTSUPP: no RWF_NOWAIT
-            raise WouldBlock(f"{self.name}: {e.strerror}") from None
-        if got < length:
-            raise WouldBlock(f"{self.name}: {offset + got:#x} is not in the page cache")
+        view = read_cached(self.fd, offset, length, self.name)
         return bytes(view) if length <= SMALL_READ else view
 
     def close(self) -> None:
